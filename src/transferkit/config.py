@@ -1,0 +1,242 @@
+"""Run configuration: plain dataclasses, a YAML file, then `section.key=value` overrides.
+
+Every knob has a docstring under it. Regime-specific knobs live in each regime's module
+(`methods/<name>.py`) and appear here as one section each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+from .methods import METHODS, freeze, lora, prompt, staged
+
+
+@dataclass
+class ModelConfig:
+    name: str = "minilm-l6"
+    """A built-in model name (see `transferkit models`) or a local Hugging Face model folder."""
+    max_length: int = 128
+    """Inputs are truncated to this many tokens."""
+    trust_remote_code: bool = False
+    """Run code shipped inside the model folder. Off unless you trust the folder's author."""
+
+    def __post_init__(self):
+        _check_positive("model.max_length", self.max_length)
+
+
+@dataclass
+class DataConfig:
+    name: str = "bbc-news"
+    """A built-in dataset name (see `transferkit datasets`) or a CSV / JSONL file (the training data)."""
+    validation: str | None = None
+    """Optional file with the validation split; otherwise it is split off the training data."""
+    test: str | None = None
+    """Optional file with the test split; otherwise it is split off the training data."""
+    text_column: str = "text"
+    """Column (CSV) or field (JSONL) that holds the input text."""
+    label_column: str = "label"
+    """Column (CSV) or field (JSONL) that holds the label."""
+    validation_fraction: float = 0.1
+    """Share of the data held out for validation when no validation file is given (stratified)."""
+    test_fraction: float = 0.2
+    """Share of the data held out for testing when no test file is given (stratified)."""
+    train_size: int | None = None
+    """Train on a stratified, seeded subset of this many examples (to see quality against data size)."""
+
+    def __post_init__(self):
+        for key in ("validation_fraction", "test_fraction"):
+            value = getattr(self, key)
+            if not 0 < value < 1:
+                raise UserError(f"data.{key} must be between 0 and 1 (got {value}); use e.g. 0.1")
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise UserError("data.validation_fraction + data.test_fraction leave under 10% to train on; lower them")
+        if self.train_size is not None:
+            _check_positive("data.train_size", self.train_size)
+
+
+@dataclass
+class TrainConfig:
+    lr: float | None = None
+    """Peak learning rate. Empty: the regime's own default (each regime needs a different one)."""
+    epochs: int | None = None
+    """Passes over the training data. Empty: the regime's own default."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs when set)."""
+    batch_size: int = 16
+    """Examples per optimizer step."""
+    micro_batch_size: int | None = None
+    """Examples per forward pass; batch_size / micro_batch_size steps are accumulated. Empty: batch_size."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and norms)."""
+    warmup_ratio: float = 0.1
+    """Share of the steps over which the learning rate rises linearly from zero."""
+    schedule: str = "linear"
+    """Decay after warmup: linear, cosine or constant."""
+    max_grad_norm: float = 1.0
+    """Clip the gradient norm to this (0 turns clipping off)."""
+    eval_every_steps: int | None = None
+    """Validate every N optimizer steps. Empty: once per epoch."""
+    patience: int | None = 3
+    """Stop after this many validations without improvement (empty: never stop early)."""
+    metric: str = "accuracy"
+    """Validation metric that picks the best checkpoint (higher is better)."""
+    precision: str = "auto"
+    """auto (bf16 autocast where the hardware has fast bf16, else fp32), bf16 or fp32."""
+    seed: int = 0
+    """Seeds the split, the initialisation and the batch order: same seed, same metrics."""
+
+    def __post_init__(self):
+        if self.lr is not None and not self.lr > 0:
+            raise UserError(f"train.lr must be positive (got {self.lr}); try 1e-4")
+        for key in ("epochs", "max_steps", "batch_size", "micro_batch_size", "eval_every_steps"):
+            if getattr(self, key) is not None:
+                _check_positive(f"train.{key}", getattr(self, key))
+        if self.patience is not None and self.patience < 1:
+            raise UserError(f"train.patience must be at least 1 (got {self.patience}); leave it empty to never stop early")
+        micro = self.micro_batch_size or self.batch_size
+        if self.batch_size % micro:
+            raise UserError(
+                f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size ({micro})"
+            )
+        if self.schedule not in ("linear", "cosine", "constant"):
+            raise UserError(f"train.schedule must be linear, cosine or constant (got '{self.schedule}')")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"train.precision must be auto, bf16 or fp32 (got '{self.precision}')")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"train.warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise UserError("train.weight_decay and train.max_grad_norm must not be negative")
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.batch_size // (self.micro_batch_size or self.batch_size)
+
+
+@dataclass
+class RunConfig:
+    regime: str = "full"
+    """How to adapt the model: full, freeze, lora, prompt or staged."""
+    output: str | None = None
+    """Run folder. Empty: runs/<dataset>-<regime>."""
+    overwrite: bool = False
+    """Replace a run folder that already holds a finished run."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    freeze: freeze.Config = field(default_factory=freeze.Config)
+    lora: lora.Config = field(default_factory=lora.Config)
+    prompt: prompt.Config = field(default_factory=prompt.Config)
+    staged: staged.Config = field(default_factory=staged.Config)
+
+    def __post_init__(self):
+        if self.regime not in METHODS:
+            raise UserError(f"unknown regime '{self.regime}'; choose one of: {', '.join(METHODS)}")
+
+    @property
+    def run_dir(self) -> Path:
+        if self.output:
+            return Path(self.output)
+        return Path("runs") / f"{Path(self.data.name).stem}-{self.regime}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    """Read a YAML config (or start from the defaults) and apply `section.key=value` overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file '{path}' does not exist; pass the path of a YAML file")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            first = str(e).splitlines()[0]
+            raise UserError(f"config file '{path}' is not valid YAML ({first}); fix the file") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"config file '{path}' must hold a mapping of sections; see configs/ for examples")
+    items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides or [])
+    for key, value in items:
+        _set_dotted(raw, key, value)
+    return from_dict(RunConfig, raw)
+
+
+def from_dict(cls, raw: dict, prefix: str = ""):
+    """Build dataclass `cls` from a nested dict, checking keys and coercing scalar types."""
+    if not isinstance(raw, dict):
+        raise UserError(f"config section '{prefix.rstrip('.')}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise UserError(f"unknown config key '{prefix}{key}'; known keys here: {', '.join(sorted(names))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value, hint, key: str):
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "null", "none")):
+        return None
+    if typing.get_origin(base) is list or base is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return list(value)
+    try:
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if base is float:
+            return float(value)  # YAML reads "3e-4" as a string
+        if base is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"config key '{key}' must be {_type_name(base)} (got {value!r})") from None
+    return value
+
+
+def _type_name(t) -> str:
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "text"}.get(t, str(t))
+
+
+def _split_override(text: str) -> tuple[str, object]:
+    if "=" not in text or text.startswith("="):
+        raise UserError(f"override '{text}' must look like section.key=value, e.g. train.lr=3e-4")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value) if value.strip() else None
+
+
+def _set_dotted(raw: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override '{key}': '{part}' is not a config section")
+    node[parts[-1]] = value
+
+
+def _check_positive(key: str, value) -> None:
+    if value is None or value <= 0:
+        raise UserError(f"{key} must be positive (got {value})")

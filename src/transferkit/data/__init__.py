@@ -1,0 +1,1 @@
+"""Data: read tables and built-in sets, split them (seeded, stratified), batch them."""

@@ -1,0 +1,70 @@
+"""Turn examples into batches: token ids once up front, dynamic padding, length-grouped order."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text, truncated, unpadded (padding happens per batch)."""
+    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Batches of examples of similar length, so that padding wastes little compute.
+
+    Shuffles, cuts the order into chunks of 50 batches, sorts each chunk by length, then
+    shuffles the batches. A new, seeded order every epoch; the same seed gives the same orders.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0):
+        self.lengths, self.batch_size, self.shuffle, self.seed = lengths, batch_size, shuffle, seed
+        self.epoch = 0
+
+    def __iter__(self):
+        order = list(range(len(self.lengths)))
+        if self.shuffle:
+            rng = random.Random(self.seed + self.epoch)
+            self.epoch += 1
+            rng.shuffle(order)
+        chunk = self.batch_size * 50
+        grouped = []
+        for start in range(0, len(order), chunk):
+            grouped += sorted(order[start : start + chunk], key=lambda i: -self.lengths[i])
+        batches = [grouped[i : i + self.batch_size] for i in range(0, len(grouped), self.batch_size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        yield from batches
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+
+def collate(pad_id: int):
+    """Stack one batch: token-id lists are padded to the longest and get an attention mask."""
+
+    def collate_fn(items: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for key in items[0]:
+            values = [item[key] for item in items]
+            if key == "input_ids":
+                longest = max(len(v) for v in values)
+                batch["input_ids"] = torch.tensor([v + [pad_id] * (longest - len(v)) for v in values])
+                batch["attention_mask"] = torch.tensor([[1] * len(v) + [0] * (longest - len(v)) for v in values])
+            elif isinstance(values[0], torch.Tensor):
+                batch[key] = torch.stack(values)
+            else:
+                batch[key] = torch.tensor(values)
+        return batch
+
+    return collate_fn
+
+
+def make_loader(items: list[dict], batch_size: int, shuffle: bool, seed: int, pad_id: int = 0) -> DataLoader:
+    """A DataLoader over dict items; length-grouped when the items carry token ids."""
+    lengths = [len(item["input_ids"]) if "input_ids" in item else 1 for item in items]
+    sampler = LengthGroupedBatches(lengths, batch_size, shuffle, seed)
+    return DataLoader(items, batch_sampler=sampler, collate_fn=collate(pad_id))

@@ -1,0 +1,112 @@
+"""Seeded, stratified splits: every class keeps its share in train, validation and test."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import assets
+from ..errors import UserError
+from .tables import Examples, read_builtin, read_examples
+
+
+@dataclass
+class Splits:
+    train: Examples
+    validation: Examples
+    test: Examples
+    label_names: list[str]
+
+
+def load_splits(cfg, seed: int) -> Splits:
+    """Read the data that `cfg` (a DataConfig) names and split it into train / validation / test."""
+    if cfg.name in assets.DATASETS:
+        pool = read_builtin(cfg.name)
+    elif Path(cfg.name).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json") or Path(cfg.name).exists():
+        pool = read_examples(cfg.name, cfg.text_column, cfg.label_column)
+    else:
+        known = ", ".join(assets.DATASETS)
+        raise UserError(f"dataset '{cfg.name}' is neither a built-in name ({known}) nor a CSV / JSONL file; check the name")
+
+    read = lambda p: read_examples(p, cfg.text_column, cfg.label_column)  # noqa: E731
+    validation = read(cfg.validation) if cfg.validation else None
+    test = read(cfg.test) if cfg.test else None
+    fractions = {}
+    if test is None:
+        fractions["test"] = cfg.test_fraction
+    if validation is None:
+        fractions["validation"] = cfg.validation_fraction
+    parts = stratified_split(pool.labels, fractions, seed)
+    train = pool.subset(parts.pop("train"))
+    validation = validation or pool.subset(parts["validation"])
+    test = test or pool.subset(parts["test"])
+
+    if cfg.train_size is not None:
+        train = train.subset(stratified_subset(train.labels, cfg.train_size, seed))
+    label_names = sort_labels(set(train.labels))
+    for split_name, split in (("validation", validation), ("test", test)):
+        unseen = sorted(set(split.labels) - set(label_names))
+        if unseen:
+            raise UserError(
+                f"label '{unseen[0]}' is in the {split_name} data but never in training; "
+                f"add training examples of it or remove it from the {split_name} data"
+            )
+    if len(label_names) < 2:
+        raise UserError(f"the training data has a single label ('{label_names[0]}'); a classifier needs at least two")
+    return Splits(train, validation, test, label_names)
+
+
+def stratified_split(labels: list[str], fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+    """Indices for 'train' and each named held-out part, every class split in the same proportions."""
+    rng = random.Random(seed)
+    parts: dict[str, list[int]] = {"train": [], **{name: [] for name in fractions}}
+    for label, indices in _shuffled_by_class(labels, rng).items():
+        if len(indices) < len(fractions) + 1:
+            held_out = "".join(f" / {name}" for name in fractions)
+            raise UserError(
+                f"class '{label}' has {len(indices)} example(s), too few to split into train{held_out}; "
+                f"give it at least {len(fractions) + 1} or pass separate --validation/--test files"
+            )
+        start = 0
+        for k, (name, fraction) in enumerate(fractions.items()):
+            # At least one example of the class in every held-out part, and at least one to train on.
+            parts_after = len(fractions) - 1 - k
+            take = min(max(1, round(len(indices) * fraction)), len(indices) - start - parts_after - 1)
+            parts[name] += indices[start : start + take]
+            start += take
+        parts["train"] += indices[start:]
+    return {name: sorted(part) for name, part in parts.items()}
+
+
+def stratified_subset(labels: list[str], size: int, seed: int) -> list[int]:
+    """A seeded subset of `size` indices with the classes in their original proportions."""
+    if size >= len(labels):
+        return list(range(len(labels)))
+    by_class = _shuffled_by_class(labels, random.Random(seed))
+    if size < len(by_class):
+        raise UserError(f"data.train_size={size} is smaller than the number of classes ({len(by_class)}); raise it")
+    quota = {c: max(1, round(len(idx) * size / len(labels))) for c, idx in by_class.items()}
+    while sum(quota.values()) > size:  # rounding went over: trim the class with the largest quota
+        quota[max(quota, key=lambda c: quota[c])] -= 1
+    while sum(quota.values()) < size:  # or under: top up the class with the most left over
+        quota[max(quota, key=lambda c: len(by_class[c]) - quota[c])] += 1
+    return sorted(i for c, idx in by_class.items() for i in idx[: quota[c]])
+
+
+def _shuffled_by_class(labels: list[str], rng: random.Random) -> dict[str, list[int]]:
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_class[label].append(i)
+    for label in sorted(by_class):  # a fixed order, so the seed alone decides the shuffle
+        rng.shuffle(by_class[label])
+    return dict(sorted(by_class.items()))
+
+
+def sort_labels(labels: set[str]) -> list[str]:
+    """Numbers in numeric order (1, 2, 10), anything else alphabetically."""
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        return sorted(labels)

@@ -1,0 +1,1 @@
+"""Evaluation: task metrics (and, later, forgetting)."""

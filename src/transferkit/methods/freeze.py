@@ -1,0 +1,29 @@
+"""Feature extraction: the backbone is frozen, runs once over the data, and only the head trains.
+
+The backbone's features are computed a single time (in eval mode, under no_grad) and cached;
+every epoch after that costs only the head. The head keeps its pre-trained parts (BERT's pooler)
+and starts from them, which beats a fresh linear layer on the same features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import Stage, freeze_all_but
+
+# The head is small and its inputs are cached, so many epochs at a higher rate are cheap.
+LR = 1e-3
+EPOCHS = 30
+
+
+@dataclass
+class Config:
+    pass
+
+
+def apply(model) -> None:
+    freeze_all_but(model, [p for _, p in model.head_parameters()])
+
+
+def stages(cfg) -> list[Stage]:
+    return [Stage("head", apply, cfg.train.lr or LR, cfg.train.epochs or EPOCHS, cached=True)]

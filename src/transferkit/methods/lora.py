@@ -1,0 +1,56 @@
+"""LoRA: frozen weights plus trainable low-rank updates W + (alpha / r) B A (Hu et al. 2021).
+
+Adapters come from `peft`. The task head trains in full and is saved with the adapter
+(`modules_to_save`), so a reloaded adapter does not come back with a random head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peft import LoraConfig, TaskType, get_peft_model
+
+from ..errors import UserError
+from . import Stage
+
+# LoRA updates start at zero and are low-rank: they need a higher rate and more epochs than
+# full fine-tuning to move as far.
+LR = 1e-3
+EPOCHS = 5
+
+
+@dataclass
+class Config:
+    r: int = 16
+    """Rank of each update."""
+    alpha: float = 32.0
+    """Scale: the update is multiplied by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input."""
+    targets: list[str] | None = None
+    """Module names to adapt. Empty: every linear layer of attention and MLP ("all-linear")."""
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise UserError(f"lora.r must be at least 1 (got {self.r})")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"lora.dropout must be in [0, 1) (got {self.dropout})")
+
+
+def apply_with(cfg: Config):
+    def apply(model) -> None:
+        peft_config = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=cfg.targets or "all-linear",
+            modules_to_save=list(model.head.modules),
+        )
+        model.hf = get_peft_model(model.hf, peft_config)
+
+    return apply
+
+
+def stages(cfg) -> list[Stage]:
+    return [Stage("lora", apply_with(cfg.lora), cfg.train.lr or LR, cfg.train.epochs or EPOCHS)]

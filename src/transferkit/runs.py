@@ -1,0 +1,187 @@
+"""A run: data in, a trained model and its measurements out, in one folder.
+
+    runs/<name>/
+        config.yaml      the resolved configuration (every default filled in)
+        metrics.jsonl    one JSON line per optimizer step (validation metrics where it validated)
+        metrics.json     final test metrics and costs; its presence marks the run as finished
+        model/           a Hugging Face model folder, or a PEFT adapter folder with the head
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+
+from . import checkpoint
+from .config import RunConfig
+from .data.batching import make_loader, tokenize
+from .data.splits import Splits, load_splits
+from .errors import UserError
+from .methods import METHODS
+from .models.text import TextClassifier, load_text_classifier
+from .tasks import Classification
+from .training.features import HeadOnFeatures, cache_features
+from .training.loop import Diverged, Progress, evaluate, fit
+
+
+@dataclass
+class Run:
+    """A finished run: where it lives and what it measured."""
+
+    dir: Path
+    config: RunConfig
+    metrics: dict
+
+    @property
+    def model_dir(self) -> Path:
+        return self.dir / "model"
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.metrics["test"]["accuracy"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 autocast where the hardware runs bf16 fast, fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    # On CPUs with AVX512-BF16 / AMX, bf16 matmuls run about 4x faster than fp32 here.
+    fast_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False
+    )()
+    return "bf16" if fast_bf16 else "fp32"
+
+
+def train(config: RunConfig, progress: Progress | None = None) -> Run:
+    """Fine-tune a model as `config` says and write the run folder.
+
+    Raises:
+        UserError: bad input (nothing in an existing run folder is touched), or a loss that
+            became NaN (the last good weights are saved first).
+    """
+    cfg = config
+    run_dir = cfg.run_dir
+    if (run_dir / "metrics.json").exists() and not cfg.overwrite:
+        raise UserError(f"run folder '{run_dir}' already holds a finished run; pass --overwrite or choose another --output")
+    seed_everything(cfg.train.seed)
+    splits = load_splits(cfg.data, cfg.train.seed)
+    model = load_text_classifier(cfg.model.name, splits.label_names, cfg.model.trust_remote_code)
+    model.tokenizer.model_max_length = cfg.model.max_length  # saved with it: plain truncation=True matches
+    stages = METHODS[cfg.regime].stages(cfg)
+    task = Classification(splits.label_names)
+    accelerator = Accelerator()
+    precision = resolve_precision(cfg.train.precision, accelerator.device)
+
+    # Everything above only reads; from here on the run folder is written.
+    checkpoint.start_run_dir(run_dir, cfg.overwrite)
+    checkpoint.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    started = time.perf_counter()
+    tokens = {name: _token_items(model, getattr(splits, name), splits, cfg) for name in ("train", "validation", "test")}
+    pad_id = model.tokenizer.pad_token_id or 0
+    features, summary = None, {"stages": []}
+    with open(run_dir / "metrics.jsonl", "w") as log_file:
+        log = lambda record: log_file.write(json.dumps(record) + "\n") or log_file.flush()  # noqa: E731
+        for stage in stages:
+            stage.apply(model)
+            if stage.cached and features is None:
+                cache_started = time.perf_counter()
+                features = {n: cache_features(model, _loader(items, cfg, False, pad_id=pad_id), accelerator, precision) for n, items in tokens.items()}
+                summary["cache_seconds"] = time.perf_counter() - cache_started
+            trainee, items = (HeadOnFeatures(model), features) if stage.cached else (model, tokens)
+            try:
+                result = fit(
+                    trainee,
+                    _loader(items["train"], cfg, True, micro=True, pad_id=pad_id),
+                    _loader(items["validation"], cfg, False, pad_id=pad_id),
+                    task,
+                    accelerator,
+                    cfg=cfg.train,
+                    lr=stage.lr,
+                    epochs=stage.epochs,
+                    precision=precision,
+                    layer_decay=stage.layer_decay,
+                    stage=stage.name,
+                    log=log,
+                    progress=progress,
+                )
+            except Diverged as e:
+                checkpoint.save_model(model, run_dir / "model", splits.label_names)
+                raise UserError(
+                    f"training stopped: {e} of stage '{stage.name}'; the last good weights are in "
+                    f"{run_dir / 'model'}; lower train.lr (it was {stage.lr:g})"
+                ) from None
+            summary["stages"].append(_stage_summary(stage, result, trainee))
+
+    train_seconds = time.perf_counter() - started
+    # The test set goes through the same path as training did last: the cache for a
+    # head-only regime (so the backbone still runs only once), the whole model otherwise.
+    final_items = features if stages[-1].cached else tokens
+    final_model = HeadOnFeatures(model) if stages[-1].cached else model
+    test = evaluate(final_model, _loader(final_items["test"], cfg, False, pad_id=pad_id), task, accelerator, "fp32")
+    checkpoint.save_model(model, run_dir / "model", splits.label_names)
+    metrics = {
+        "regime": cfg.regime,
+        "model": cfg.model.name,
+        "data": {"name": cfg.data.name, **{n: len(getattr(splits, n)) for n in ("train", "validation", "test")}},
+        "labels": splits.label_names,
+        "test": test,
+        "validation": summary["stages"][-1]["best_validation"],
+        "parameters": _parameter_counts(model),
+        "train_seconds": train_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "precision": precision,
+        "model_size_mb": checkpoint.folder_size(run_dir / "model") / 2**20,
+        **summary,
+    }
+    checkpoint.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    return Run(run_dir, cfg, metrics)
+
+
+def _token_items(model: TextClassifier, examples, splits: Splits, cfg: RunConfig) -> list[dict]:
+    index = {name: i for i, name in enumerate(splits.label_names)}
+    ids = tokenize(model.tokenizer, examples.texts, cfg.model.max_length)
+    return [{"input_ids": x, "labels": index[y]} for x, y in zip(ids, examples.labels)]
+
+
+def _loader(items: list[dict], cfg: RunConfig, shuffle: bool, micro: bool = False, pad_id: int = 0):
+    # Evaluation batches can be larger than training ones: no activations are kept for backward.
+    size = (cfg.train.micro_batch_size or cfg.train.batch_size) if micro else max(cfg.train.batch_size, 32)
+    return make_loader(items, size, shuffle, cfg.train.seed, pad_id)
+
+
+def _stage_summary(stage, result, trainee) -> dict:
+    return {
+        "name": stage.name,
+        "lr": stage.lr,
+        "epochs": stage.epochs,
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "examples_per_second": result.examples / max(result.seconds, 1e-9),
+        "stopped_early": result.stopped_early,
+        "best_step": result.best_step,
+        "best_validation": {k: v for k, v in result.best_metrics.items() if k in ("loss", "accuracy", "macro_f1")},
+        "trainable_parameters": sum(p.numel() for p in trainee.parameters() if p.requires_grad),
+    }
+
+
+def _parameter_counts(model: TextClassifier) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "trainable_percent": 100 * trainable / total}

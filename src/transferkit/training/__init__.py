@@ -1,0 +1,1 @@
+"""Training: the one loop, its optimizer set-up, and checkpoints."""

@@ -1,0 +1,36 @@
+"""Run a frozen backbone once over the data and keep its features, so the head trains on a cache."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .loop import autocast
+
+
+class HeadOnFeatures(nn.Module):
+    """The model's own head, fed cached backbone features instead of raw inputs."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(features)
+
+
+@torch.no_grad()  # not inference_mode: its tensors could not feed a trainable head afterwards
+def cache_features(model: nn.Module, loader, accelerator, precision: str) -> list[dict]:
+    """One pass of `model.forward_features` in eval mode: a list of {features, labels} items."""
+    was_training = model.training
+    model.eval()  # a frozen backbone runs without dropout and with fixed norm statistics
+    model.to(accelerator.device)
+    items = []
+    for batch in loader:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with autocast(accelerator, precision):
+            features = model.forward_features(**{k: v for k, v in batch.items() if k != "labels"})
+        for row, label in zip(features.float().cpu(), batch["labels"].cpu()):
+            items.append({"features": row, "labels": int(label)})
+    model.train(was_training)
+    return items

@@ -1,0 +1,178 @@
+"""The one training loop every regime runs through: accumulate, clip, step, schedule, validate,
+stop early, restore the best weights."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from .optim import param_groups, schedule
+
+
+class Diverged(Exception):
+    """The training loss stopped being a finite number."""
+
+    def __init__(self, step: int):
+        super().__init__(f"loss became NaN or infinite at step {step}")
+        self.step = step
+
+
+@dataclass
+class FitResult:
+    steps: int = 0
+    examples: int = 0
+    seconds: float = 0.0
+    best_step: int = 0
+    best_metrics: dict = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+class Progress:
+    """What the loop reports while it runs. The CLI draws a bar; the default shows nothing."""
+
+    def start(self, name: str, total_steps: int) -> None: ...
+    def step(self, **values) -> None: ...
+    def close(self) -> None: ...
+
+
+def autocast(accelerator: Accelerator, precision: str):
+    if precision != "bf16":
+        return nullcontext()
+    return torch.autocast(accelerator.device.type, dtype=torch.bfloat16)
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable[dict],
+    val_loader: Iterable[dict],
+    task,
+    accelerator: Accelerator,
+    *,
+    cfg,
+    lr: float,
+    epochs: int,
+    precision: str,
+    layer_decay: float = 1.0,
+    stage: str = "train",
+    log: Callable[[dict], None] = lambda record: None,
+    progress: Progress | None = None,
+) -> FitResult:
+    """Train the parameters of `model` that require grad; `cfg` is a TrainConfig.
+
+    Validates every epoch (or every `cfg.eval_every_steps`), stops after `cfg.patience`
+    validations without improvement, and leaves the best validated weights in `model`.
+    Raises Diverged (with the best weights restored) when the loss stops being finite.
+    """
+    progress = progress or Progress()
+    accumulation = cfg.accumulation_steps
+    steps_per_epoch = math.ceil(len(train_loader) / accumulation)
+    total_steps = cfg.max_steps or epochs * steps_per_epoch
+    eval_every = cfg.eval_every_steps or steps_per_epoch
+
+    optimizer = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, layer_decay), lr=lr)
+    scheduler = schedule(optimizer, total_steps, int(cfg.warmup_ratio * total_steps), cfg.schedule)
+    raw_model = model
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    result = FitResult()
+    best_score, best_state, bad_evals = -math.inf, snapshot(raw_model), 0
+    progress.start(stage, total_steps)
+    started = time.perf_counter()
+    try:
+        while result.steps < total_steps and not result.stopped_early:
+            model.train()
+            for group in _groups(train_loader, accumulation):
+                count = sum(task.count(batch) for batch in group)
+                loss_total = 0.0
+                for batch in group:
+                    with autocast(accelerator, precision):
+                        logits = model(**_inputs(batch))
+                    loss = task.loss_sum(logits, batch) / count
+                    accelerator.backward(loss)
+                    # .item() syncs with the device: free on a CPU, and it catches a NaN at the
+                    # step it appears, before the optimizer writes it into the weights.
+                    loss_total += loss.item()
+                if not math.isfinite(loss_total):
+                    raise Diverged(result.steps + 1)
+                if cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                result.steps += 1
+                result.examples += count
+                record = {"stage": stage, "step": result.steps, "loss": loss_total, "lr": scheduler.get_last_lr()[0]}
+                if result.steps % eval_every == 0 or result.steps == total_steps:
+                    val = evaluate(model, val_loader, task, accelerator, precision)
+                    record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float)})
+                    score = -val["loss"] if cfg.metric == "loss" else val[cfg.metric]
+                    if score > best_score:
+                        best_score, best_state, bad_evals = score, snapshot(raw_model), 0
+                        result.best_step, result.best_metrics = result.steps, val
+                    else:
+                        bad_evals += 1
+                        result.stopped_early = cfg.patience is not None and bad_evals >= cfg.patience
+                log(record)
+                progress.step(**{k: v for k, v in record.items() if k in ("loss", "val_accuracy")})
+                if result.steps >= total_steps or result.stopped_early:
+                    break
+    finally:
+        # On success and on divergence alike, the model leaves with its best validated weights.
+        progress.close()
+        restore(raw_model, best_state)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable[dict], task, accelerator: Accelerator, precision: str = "fp32") -> dict:
+    """Loss and task metrics over `loader`, accumulated batch by batch (no logits are kept)."""
+    was_training = model.training
+    model.eval()
+    state, loss_sum, count = task.metric_state(), 0.0, 0
+    for batch in loader:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with autocast(accelerator, precision):
+            logits = model(**_inputs(batch))
+        loss_sum += task.loss_sum(logits, batch).item()
+        count += task.count(batch)
+        task.update(state, logits.float(), batch)
+    model.train(was_training)
+    return {"loss": loss_sum / max(count, 1), **task.metrics(state)}
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of what training can change: trainable parameters and every buffer (norm statistics)."""
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    state.update({n: b.detach().clone() for n, b in model.named_buffers()})
+    return state
+
+
+def restore(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for name, value in state.items():
+            tensors[name].copy_(value)
+
+
+def _inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def _groups(loader: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
