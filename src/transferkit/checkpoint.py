@@ -13,11 +13,38 @@ import tempfile
 from pathlib import Path
 
 
-def start_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create the run folder; with `overwrite`, clear what an earlier run left there."""
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / "metrics.json").is_file()
+
+
+def start_staging(run_dir: Path) -> Path:
+    """An empty folder beside the run folder where the run is built until it finishes.
+
+    The run folder itself changes only when the new run is complete (or when it failed and
+    there was no finished run to keep), so an earlier run is never half-replaced.
+    """
+    staging = run_dir.with_name(run_dir.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)  # left by a run that crashed or was interrupted
+    staging.mkdir(parents=True)
+    return staging
+
+
+def publish(staging: Path, run_dir: Path) -> None:
+    """Swap the finished staging folder in for the run folder."""
+    old = run_dir.with_name(run_dir.name + ".old")
+    if run_dir.exists():
+        os.replace(run_dir, old)
+    os.replace(staging, run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def publish_failed(staging: Path, run_dir: Path) -> Path:
+    """Where a failed run's last good checkpoint stays: the run folder, unless that holds a finished run."""
+    if is_finished(run_dir):
+        return staging
+    publish(staging, run_dir)
+    return run_dir
 
 
 def write_text(path: Path, text: str) -> None:

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import UserError
@@ -64,12 +65,12 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .inference import evaluate_file
+    from .inference import check_run_dir, evaluate_file
 
     if args.data:
         metrics = evaluate_file(args.run, args.data, args.text_column, args.label_column)
     else:
-        path = Path(args.run) / "metrics.json"
+        path = check_run_dir(args.run) / "metrics.json"
         if not path.is_file():
             raise UserError(f"'{args.run}' holds no finished run (no metrics.json); pass --data to evaluate its model")
         metrics = json.loads(path.read_text())["test"]
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Deprecation notices from inside transformers / peft are for their developers, not our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -68,8 +68,8 @@ class TrainConfig:
     """Passes over the training data. Empty: the regime's own default."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides epochs when set)."""
-    batch_size: int = 16
-    """Examples per optimizer step."""
+    batch_size: int | None = None
+    """Examples per optimizer step. Empty: the regime's own default (16; 32 on cached features)."""
     micro_batch_size: int | None = None
     """Examples per forward pass; batch_size / micro_batch_size steps are accumulated. Empty: batch_size."""
     weight_decay: float = 0.01
@@ -99,10 +99,9 @@ class TrainConfig:
                 _check_positive(f"train.{key}", getattr(self, key))
         if self.patience is not None and self.patience < 1:
             raise UserError(f"train.patience must be at least 1 (got {self.patience}); leave it empty to never stop early")
-        micro = self.micro_batch_size or self.batch_size
-        if self.batch_size % micro:
+        if self.batch_size and self.micro_batch_size and self.batch_size % self.micro_batch_size:
             raise UserError(
-                f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size ({micro})"
+                f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size ({self.micro_batch_size})"
             )
         if self.schedule not in ("linear", "cosine", "constant"):
             raise UserError(f"train.schedule must be linear, cosine or constant (got '{self.schedule}')")
@@ -112,10 +111,6 @@ class TrainConfig:
             raise UserError(f"train.warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise UserError("train.weight_decay and train.max_grad_norm must not be negative")
-
-    @property
-    def accumulation_steps(self) -> int:
-        return self.batch_size // (self.micro_batch_size or self.batch_size)
 
 
 @dataclass

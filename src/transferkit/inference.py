@@ -16,11 +16,16 @@ from .tasks import Classification
 from .training.loop import evaluate
 
 
-def load_run(run_dir: str | Path) -> tuple[TextClassifier, RunConfig]:
-    """The trained model of a run folder (fp32, eval mode) and the config it was trained with."""
+def check_run_dir(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "model").is_dir() or not (run_dir / "config.yaml").is_file():
         raise UserError(f"'{run_dir}' is not a run folder (no model/ or config.yaml); train one with: transferkit train")
+    return run_dir
+
+
+def load_run(run_dir: str | Path) -> tuple[TextClassifier, RunConfig]:
+    """The trained model of a run folder (fp32, eval mode) and the config it was trained with."""
+    run_dir = check_run_dir(run_dir)
     return load_saved_classifier(run_dir / "model"), load_config(run_dir / "config.yaml")
 
 

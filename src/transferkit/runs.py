@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,69 +74,85 @@ def train(config: RunConfig, progress: Progress | None = None) -> Run:
     """Fine-tune a model as `config` says and write the run folder.
 
     Raises:
-        UserError: bad input (nothing in an existing run folder is touched), or a loss that
-            became NaN (the last good weights are saved first).
+        UserError: bad input (found before anything is written, so an existing run folder is
+            untouched), or a loss that became NaN (the last good weights are saved first).
     """
     cfg = config
     run_dir = cfg.run_dir
-    if (run_dir / "metrics.json").exists() and not cfg.overwrite:
+    if checkpoint.is_finished(run_dir) and not cfg.overwrite:
         raise UserError(f"run folder '{run_dir}' already holds a finished run; pass --overwrite or choose another --output")
     seed_everything(cfg.train.seed)
     splits = load_splits(cfg.data, cfg.train.seed)
     model = load_text_classifier(cfg.model.name, splits.label_names, cfg.model.trust_remote_code)
     model.tokenizer.model_max_length = cfg.model.max_length  # saved with it: plain truncation=True matches
     stages = METHODS[cfg.regime].stages(cfg)
+    for stage in stages:
+        micro = cfg.train.micro_batch_size or stage.batch_size
+        if stage.batch_size % micro:
+            raise UserError(f"batch size {stage.batch_size} is not a multiple of train.micro_batch_size ({micro}); change one")
+
+    # Everything above only reads. The run is built in a staging folder and swapped in at the end.
+    staging = checkpoint.start_staging(run_dir)
+    try:
+        metrics = _train_into(staging, cfg, model, splits, stages, progress)
+    except Diverged as e:
+        checkpoint.save_model(model, staging / "model", splits.label_names)
+        kept = checkpoint.publish_failed(staging, run_dir)
+        raise UserError(
+            f"training stopped: {e}; the last good weights are in {kept / 'model'}; lower train.lr (it was {e.lr:g})"
+        ) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    checkpoint.publish(staging, run_dir)
+    return Run(run_dir, cfg, metrics)
+
+
+def _train_into(staging: Path, cfg: RunConfig, model: TextClassifier, splits: Splits, stages, progress) -> dict:
+    """Run every stage through the loop, test, save; returns the final metrics."""
+    checkpoint.write_text(staging / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     task = Classification(splits.label_names)
     accelerator = Accelerator()
     precision = resolve_precision(cfg.train.precision, accelerator.device)
-
-    # Everything above only reads; from here on the run folder is written.
-    checkpoint.start_run_dir(run_dir, cfg.overwrite)
-    checkpoint.write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    pad_id = model.tokenizer.pad_token_id or 0
     started = time.perf_counter()
     tokens = {name: _token_items(model, getattr(splits, name), splits, cfg) for name in ("train", "validation", "test")}
-    pad_id = model.tokenizer.pad_token_id or 0
     features, summary = None, {"stages": []}
-    with open(run_dir / "metrics.jsonl", "w") as log_file:
+    with open(staging / "metrics.jsonl", "w") as log_file:
         log = lambda record: log_file.write(json.dumps(record) + "\n") or log_file.flush()  # noqa: E731
         for stage in stages:
             stage.apply(model)
             if stage.cached and features is None:
                 cache_started = time.perf_counter()
-                features = {n: cache_features(model, _loader(items, cfg, False, pad_id=pad_id), accelerator, precision) for n, items in tokens.items()}
+                features = {n: cache_features(model, _eval_loader(items, pad_id), accelerator, precision) for n, items in tokens.items()}
                 summary["cache_seconds"] = time.perf_counter() - cache_started
             trainee, items = (HeadOnFeatures(model), features) if stage.cached else (model, tokens)
-            try:
-                result = fit(
-                    trainee,
-                    _loader(items["train"], cfg, True, micro=True, pad_id=pad_id),
-                    _loader(items["validation"], cfg, False, pad_id=pad_id),
-                    task,
-                    accelerator,
-                    cfg=cfg.train,
-                    lr=stage.lr,
-                    epochs=stage.epochs,
-                    precision=precision,
-                    layer_decay=stage.layer_decay,
-                    stage=stage.name,
-                    log=log,
-                    progress=progress,
-                )
-            except Diverged as e:
-                checkpoint.save_model(model, run_dir / "model", splits.label_names)
-                raise UserError(
-                    f"training stopped: {e} of stage '{stage.name}'; the last good weights are in "
-                    f"{run_dir / 'model'}; lower train.lr (it was {stage.lr:g})"
-                ) from None
+            micro = cfg.train.micro_batch_size or stage.batch_size
+            result = fit(
+                trainee,
+                make_loader(items["train"], micro, True, cfg.train.seed, pad_id),
+                _eval_loader(items["validation"], pad_id),
+                task,
+                accelerator,
+                cfg=cfg.train,
+                lr=stage.lr,
+                epochs=stage.epochs,
+                max_steps=stage.max_steps,
+                accumulation=stage.batch_size // micro,
+                precision=precision,
+                layer_decay=stage.layer_decay,
+                stage=stage.name,
+                log=log,
+                progress=progress,
+            )
             summary["stages"].append(_stage_summary(stage, result, trainee))
-
     train_seconds = time.perf_counter() - started
+
     # The test set goes through the same path as training did last: the cache for a
     # head-only regime (so the backbone still runs only once), the whole model otherwise.
-    final_items = features if stages[-1].cached else tokens
-    final_model = HeadOnFeatures(model) if stages[-1].cached else model
-    test = evaluate(final_model, _loader(final_items["test"], cfg, False, pad_id=pad_id), task, accelerator, "fp32")
-    checkpoint.save_model(model, run_dir / "model", splits.label_names)
+    final_model, final_items = (HeadOnFeatures(model), features) if stages[-1].cached else (model, tokens)
+    test = evaluate(final_model, _eval_loader(final_items["test"], pad_id), task, accelerator, "fp32")
+    checkpoint.save_model(model, staging / "model", splits.label_names)
     metrics = {
         "regime": cfg.regime,
         "model": cfg.model.name,
@@ -147,11 +164,11 @@ def train(config: RunConfig, progress: Progress | None = None) -> Run:
         "train_seconds": train_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "precision": precision,
-        "model_size_mb": checkpoint.folder_size(run_dir / "model") / 2**20,
+        "model_size_mb": checkpoint.folder_size(staging / "model") / 2**20,
         **summary,
     }
-    checkpoint.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    return Run(run_dir, cfg, metrics)
+    checkpoint.write_text(staging / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
 
 
 def _token_items(model: TextClassifier, examples, splits: Splits, cfg: RunConfig) -> list[dict]:
@@ -160,10 +177,9 @@ def _token_items(model: TextClassifier, examples, splits: Splits, cfg: RunConfig
     return [{"input_ids": x, "labels": index[y]} for x, y in zip(ids, examples.labels)]
 
 
-def _loader(items: list[dict], cfg: RunConfig, shuffle: bool, micro: bool = False, pad_id: int = 0):
-    # Evaluation batches can be larger than training ones: no activations are kept for backward.
-    size = (cfg.train.micro_batch_size or cfg.train.batch_size) if micro else max(cfg.train.batch_size, 32)
-    return make_loader(items, size, shuffle, cfg.train.seed, pad_id)
+def _eval_loader(items: list[dict], pad_id: int):
+    # Larger than training batches: evaluation keeps no activations for a backward pass.
+    return make_loader(items, 64, shuffle=False, seed=0, pad_id=pad_id)
 
 
 def _stage_summary(stage, result, trainee) -> dict:

@@ -28,6 +28,8 @@ class Examples:
 def read_rows(path: str | Path) -> list[dict]:
     """All rows of a CSV or JSONL file as dicts."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"data path '{path}' is a folder, not a file; pass a CSV or JSONL file")
     if not path.is_file():
         raise UserError(f"data file '{path}' does not exist; check the path")
     suffix = path.suffix.lower()

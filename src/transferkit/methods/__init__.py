@@ -25,6 +25,10 @@ class Stage:
     """Train only `forward_head` on features the frozen backbone computed once."""
     layer_decay: float = 1.0
     """Learning rate multiplier per layer going down from the head (1.0: the same everywhere)."""
+    batch_size: int = 16
+    """Examples per optimizer step."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps, whatever `epochs` says."""
 
 
 def freeze_all_but(model: nn.Module, trainable: list[nn.Parameter]) -> None:

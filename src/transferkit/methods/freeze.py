@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from . import Stage, freeze_all_but
 
 # The head is small and its inputs are cached, so many epochs at a higher rate are cheap.
+# Chosen on BBC News validation accuracy (a sweep of rate, epochs and batch size).
 LR = 1e-3
-EPOCHS = 30
+EPOCHS = 40
+BATCH_SIZE = 32
 
 
 @dataclass
@@ -26,4 +28,7 @@ def apply(model) -> None:
 
 
 def stages(cfg) -> list[Stage]:
-    return [Stage("head", apply, cfg.train.lr or LR, cfg.train.epochs or EPOCHS, cached=True)]
+    t = cfg.train
+    return [
+        Stage("head", apply, t.lr or LR, t.epochs or EPOCHS, cached=True, batch_size=t.batch_size or BATCH_SIZE, max_steps=t.max_steps)
+    ]

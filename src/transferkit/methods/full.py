@@ -10,6 +10,7 @@ from . import Stage
 
 LR = 1e-4
 EPOCHS = 3
+BATCH_SIZE = 16
 
 
 @dataclass
@@ -22,4 +23,5 @@ def apply(model: nn.Module) -> None:
 
 
 def stages(cfg) -> list[Stage]:
-    return [Stage("full", apply, cfg.train.lr or LR, cfg.train.epochs or EPOCHS)]
+    t = cfg.train
+    return [Stage("full", apply, t.lr or LR, t.epochs or EPOCHS, batch_size=t.batch_size or BATCH_SIZE, max_steps=t.max_steps)]

@@ -17,6 +17,7 @@ from . import Stage
 # full fine-tuning to move as far.
 LR = 1e-3
 EPOCHS = 5
+BATCH_SIZE = 16
 
 
 @dataclass
@@ -53,4 +54,7 @@ def apply_with(cfg: Config):
 
 
 def stages(cfg) -> list[Stage]:
-    return [Stage("lora", apply_with(cfg.lora), cfg.train.lr or LR, cfg.train.epochs or EPOCHS)]
+    t = cfg.train
+    return [
+        Stage("lora", apply_with(cfg.lora), t.lr or LR, t.epochs or EPOCHS, batch_size=t.batch_size or BATCH_SIZE, max_steps=t.max_steps)
+    ]

@@ -16,6 +16,7 @@ from . import Stage
 
 LR = 3e-3
 EPOCHS = 10
+BATCH_SIZE = 16
 
 
 @dataclass
@@ -41,4 +42,7 @@ def apply_with(cfg: Config):
 
 
 def stages(cfg) -> list[Stage]:
-    return [Stage("prompt", apply_with(cfg.prompt), cfg.train.lr or LR, cfg.train.epochs or EPOCHS)]
+    t = cfg.train
+    return [
+        Stage("prompt", apply_with(cfg.prompt), t.lr or LR, t.epochs or EPOCHS, batch_size=t.batch_size or BATCH_SIZE, max_steps=t.max_steps)
+    ]

@@ -33,7 +33,16 @@ class Config:
 
 
 def stages(cfg) -> list[Stage]:
+    t = cfg.train
     return [
-        Stage("head", freeze.apply, cfg.staged.head_lr, cfg.staged.head_epochs, cached=True),
-        Stage("all", full.apply, cfg.train.lr or LR, cfg.train.epochs or EPOCHS, layer_decay=cfg.staged.layer_decay),
+        Stage("head", freeze.apply, cfg.staged.head_lr, cfg.staged.head_epochs, cached=True, batch_size=freeze.BATCH_SIZE),
+        Stage(
+            "all",
+            full.apply,
+            t.lr or LR,
+            t.epochs or EPOCHS,
+            layer_decay=cfg.staged.layer_decay,
+            batch_size=t.batch_size or full.BATCH_SIZE,
+            max_steps=t.max_steps,
+        ),
     ]

@@ -19,9 +19,9 @@ from .optim import param_groups, schedule
 class Diverged(Exception):
     """The training loss stopped being a finite number."""
 
-    def __init__(self, step: int):
-        super().__init__(f"loss became NaN or infinite at step {step}")
-        self.step = step
+    def __init__(self, stage: str, step: int, lr: float):
+        super().__init__(f"loss became NaN or infinite at step {step} of stage '{stage}'")
+        self.stage, self.step, self.lr = stage, step, lr
 
 
 @dataclass
@@ -58,6 +58,8 @@ def fit(
     cfg,
     lr: float,
     epochs: int,
+    max_steps: int | None = None,
+    accumulation: int = 1,
     precision: str,
     layer_decay: float = 1.0,
     stage: str = "train",
@@ -66,14 +68,15 @@ def fit(
 ) -> FitResult:
     """Train the parameters of `model` that require grad; `cfg` is a TrainConfig.
 
+    `train_loader` yields micro-batches; `accumulation` of them make one optimizer step.
+
     Validates every epoch (or every `cfg.eval_every_steps`), stops after `cfg.patience`
     validations without improvement, and leaves the best validated weights in `model`.
     Raises Diverged (with the best weights restored) when the loss stops being finite.
     """
     progress = progress or Progress()
-    accumulation = cfg.accumulation_steps
     steps_per_epoch = math.ceil(len(train_loader) / accumulation)
-    total_steps = cfg.max_steps or epochs * steps_per_epoch
+    total_steps = max_steps or epochs * steps_per_epoch
     eval_every = cfg.eval_every_steps or steps_per_epoch
 
     optimizer = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, layer_decay), lr=lr)
@@ -101,7 +104,7 @@ def fit(
                     # step it appears, before the optimizer writes it into the weights.
                     loss_total += loss.item()
                 if not math.isfinite(loss_total):
-                    raise Diverged(result.steps + 1)
+                    raise Diverged(stage, result.steps + 1, lr)
                 if cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 optimizer.step()

@@ -1,0 +1,104 @@
+"""Tiny real models and toy data, built inside the tests: fast and offline."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FRUIT = ["apple", "pear", "plum", "grape", "melon", "cherry"]
+VEHICLE = ["car", "bus", "truck", "train", "bike", "tram"]
+FILLER = ["the", "a", "big", "small", "red", "blue", "old", "new", "my", "your", "is", "was"]
+TOY_LABELS = ["fruit", "vehicle"]
+
+
+def toy_rows(n: int, seed: int) -> list[dict]:
+    """A trivially separable task: the label is which word family the text contains."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = TOY_LABELS[i % 2]
+        family = FRUIT if label == "fruit" else VEHICLE
+        words = rng.choices(FILLER, k=4) + rng.choices(family, k=2)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def build_tiny_bert(folder: Path) -> Path:
+    """A 2-layer, 32-dim BERT with a word-level vocabulary, saved as a Hugging Face folder.
+
+    It is "pre-trained" for a few seconds on a related task (which word family a text holds),
+    so that its features carry the signal, as a real pre-trained model's would: a frozen random
+    network gives a head nothing to learn from.
+    """
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + FRUIT + VEHICLE + FILLER
+    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(vocab)})
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    rows = toy_rows(256, seed=99)
+    enc = tokenizer([r["text"] for r in rows], padding=True, return_tensors="pt")
+    labels = torch.tensor([TOY_LABELS.index(r["label"]) for r in rows])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(60):
+        batch = slice(32 * (step % 8), 32 * (step % 8 + 1))
+        loss = model(enc["input_ids"][batch], attention_mask=enc["attention_mask"][batch], labels=labels[batch]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.bert.save_pretrained(folder)  # the backbone only: every test run starts a fresh head
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_csv(tmp_path_factory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("data") / "toy.csv", toy_rows(120, seed=1))
+
+
+def tiny_overrides(model: Path, data: Path, out: Path, regime: str, **extra) -> list[str]:
+    """CLI-style overrides for a quick run of `regime` on the tiny model and toy data."""
+    values = {
+        "regime": regime,
+        "model.name": str(model),
+        "model.max_length": 16,
+        "data.name": str(data),
+        "output": str(out),
+        "train.batch_size": 8,
+        "train.patience": None,
+        "train.precision": "fp32",
+        "staged.head_epochs": 5,
+        **extra,
+    }
+    return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
