@@ -1,0 +1,74 @@
+"""The training loop: accumulation equals the larger batch, early stopping, best weights kept."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from transferkit import load_config
+from transferkit.data.batching import make_loader
+from transferkit.tasks import Classification
+from transferkit.training.loop import fit
+
+
+class Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(4, 2)
+
+    def forward(self, features):
+        return self.layer(features)
+
+
+def items(n: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return [{"features": row, "labels": int(row[0] > 0)} for row in x]
+
+
+def train_cfg(**overrides):
+    return load_config(None, {"train.patience": None, "train.warmup_ratio": 0, "train.weight_decay": 0, **overrides}).train
+
+
+def test_accumulated_micro_batches_equal_one_large_batch():
+    data = items(12)  # steps of 8 then 4: the short last step must be normalised by its own count
+    torch.manual_seed(0)
+    model = Linear()
+    results = []
+    for micro, accumulation in ((8, 1), (4, 2), (2, 4)):
+        m = copy.deepcopy(model)
+        fit(m, make_loader(data, micro, False, 0), make_loader(data, 8, False, 0), Classification(["a", "b"]), Accelerator(),
+            cfg=train_cfg(), lr=0.1, epochs=1, accumulation=accumulation, precision="fp32")
+        # One validation, after the last step: it is the best, so these are the trained weights.
+        results.append(m.layer.weight.detach().clone())
+    assert torch.allclose(results[0], results[1], atol=1e-6)
+    assert torch.allclose(results[0], results[2], atol=1e-6)
+    assert not torch.allclose(results[0], model.layer.weight)
+
+
+def test_early_stopping_and_best_weights_restored():
+    data = items(32)
+    torch.manual_seed(0)
+    model = Linear()
+    initial = model.layer.weight.detach().clone()
+    log = []
+    # A rate so large that training only makes validation worse: early stopping ends it after
+    # `patience` validations, and the best weights (the initial ones, from before step 1) come back.
+    result = fit(model, make_loader(data, 8, True, 0), make_loader(data, 8, False, 0), Classification(["a", "b"]),
+                 Accelerator(), cfg=train_cfg(**{"train.patience": 2, "train.eval_every_steps": 1, "train.metric": "loss"}),
+                 lr=0.0, epochs=50, precision="fp32", log=log.append)
+    assert result.stopped_early and result.steps == 3  # one best, then two without improvement
+    assert torch.equal(model.layer.weight, initial)
+    assert [r["step"] for r in log] == [1, 2, 3] and all("val_loss" in r for r in log)
+
+
+def test_fit_learns_a_separable_problem():
+    data = items(64)
+    torch.manual_seed(0)
+    model = Linear()
+    result = fit(model, make_loader(data, 8, True, 0), make_loader(data, 64, False, 0), Classification(["a", "b"]),
+                 Accelerator(), cfg=train_cfg(), lr=0.05, epochs=10, precision="fp32")
+    assert result.best_metrics["accuracy"] >= 0.95
