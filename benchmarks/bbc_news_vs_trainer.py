@@ -91,7 +91,7 @@ def run_trainer(regime: str, settings: dict, train_size: int | None, bf16: bool)
 
         model = get_peft_model(
             model,
-            LoraConfig(task_type=TaskType.SEQ_CLS, r=16, lora_alpha=32, lora_dropout=0.05,
+            LoraConfig(task_type=TaskType.SEQ_CLS, r=16, lora_alpha=32, lora_dropout=0.0,
                        target_modules="all-linear", modules_to_save=list(head)),
         )
     elif regime == "freeze":

@@ -16,7 +16,7 @@ from . import Stage
 # LoRA updates start at zero and are low-rank: they need a higher rate and more epochs than
 # full fine-tuning to move as far.
 LR = 1e-3
-EPOCHS = 5
+EPOCHS = 3
 BATCH_SIZE = 16
 
 
@@ -26,8 +26,8 @@ class Config:
     """Rank of each update."""
     alpha: float = 32.0
     """Scale: the update is multiplied by alpha / r."""
-    dropout: float = 0.05
-    """Dropout on the adapter's input."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input. Off by default: on a CPU it costs about a third of the step time."""
     targets: list[str] | None = None
     """Module names to adapt. Empty: every linear layer of attention and MLP ("all-linear")."""
 
