@@ -164,3 +164,8 @@ def test_predict_and_evaluate_bad_input(capsys, run_dir, tmp_path):
     unseen = write_csv(tmp_path / "unseen.csv", [{"text": "a plum", "label": "animal"}])
     check_refused(capsys, ["evaluate", str(run_dir), "--data", str(unseen)], run_dir, "'animal'", "never seen")
     json.loads((run_dir / "metrics.json").read_text())  # still intact and readable
+
+
+def test_lora_targets_the_model_does_not_have(capsys, tiny_bert, toy_csv, run_dir):
+    argv = train_args(tiny_bert, toy_csv, run_dir, "lora") + ["lora.targets=no_such_layer"]
+    check_refused(capsys, argv, run_dir, "lora.targets")

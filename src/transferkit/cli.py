@@ -28,6 +28,8 @@ EXAMPLES = {
     "predict": """examples:
   transferkit predict runs/reviews --input new.csv --output predictions.csv
   transferkit predict runs/reviews --text "Shares fell sharply after the results." """,
+    "models": "example:\n  transferkit models            # then: transferkit train --model minilm-l6 ...",
+    "datasets": "example:\n  transferkit datasets          # then: transferkit train --data bbc-news ...",
 }
 
 

@@ -143,10 +143,12 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+def load_config(path: str | Path | RunConfig | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
     """Read a YAML config (or start from the defaults) and apply `section.key=value` overrides."""
     raw: dict = {}
-    if path is not None:
+    if isinstance(path, RunConfig):
+        raw = path.to_dict()
+    elif path is not None:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"config file '{path}' does not exist; pass the path of a YAML file")

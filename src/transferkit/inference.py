@@ -62,4 +62,5 @@ def evaluate_file(run_dir: str | Path, path: str, text_column: str | None = None
     ids = tokenize(model.tokenizer, examples.texts, cfg.model.max_length)
     items = [{"input_ids": x, "labels": index[y]} for x, y in zip(ids, examples.labels)]
     loader = make_loader(items, 32, shuffle=False, seed=0, pad_id=model.tokenizer.pad_token_id or 0)
-    return evaluate(model, loader, Classification(labels), Accelerator(), "fp32")
+    accelerator = Accelerator()
+    return evaluate(model.to(accelerator.device), loader, Classification(labels), accelerator, "fp32")

@@ -23,7 +23,7 @@ import yaml
 from accelerate import Accelerator
 
 from . import checkpoint
-from .config import RunConfig
+from .config import RunConfig, load_config
 from .data.batching import make_loader, tokenize
 from .data.splits import Splits, load_splits
 from .errors import UserError
@@ -70,14 +70,26 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if fast_bf16 else "fp32"
 
 
-def train(config: RunConfig, progress: Progress | None = None) -> Run:
+def train(
+    config: RunConfig | str | Path | None = None,
+    overrides: list[str] | dict | None = None,
+    progress: Progress | None = None,
+) -> Run:
     """Fine-tune a model as `config` says and write the run folder.
+
+    Args:
+        config: a RunConfig, a YAML file, or None for the defaults.
+        overrides: `section.key=value` strings or a {"section.key": value} dict, applied on top.
+        progress: receives step updates (the CLI draws a bar from them).
+
+    Returns:
+        The finished Run: its folder, resolved config and metrics.
 
     Raises:
         UserError: bad input (found before anything is written, so an existing run folder is
             untouched), or a loss that became NaN (the last good weights are saved first).
     """
-    cfg = config
+    cfg = config if isinstance(config, RunConfig) and not overrides else load_config(config, overrides)
     run_dir = cfg.run_dir
     if checkpoint.is_finished(run_dir) and not cfg.overwrite:
         raise UserError(f"run folder '{run_dir}' already holds a finished run; pass --overwrite or choose another --output")

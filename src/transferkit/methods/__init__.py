@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..errors import UserError
+
 
 @dataclass
 class Stage:
@@ -35,6 +37,24 @@ def freeze_all_but(model: nn.Module, trainable: list[nn.Parameter]) -> None:
     model.requires_grad_(False)
     for p in trainable:
         p.requires_grad_(True)
+
+
+def wrap_with_peft(make_config: Callable) -> Callable[[nn.Module], None]:
+    """An `apply` that wraps the model's HF module with `peft`; make_config(model) -> PeftConfig.
+
+    peft freezes the base weights and marks the adapter (and `modules_to_save`) trainable.
+    """
+
+    def apply(model) -> None:
+        from peft import get_peft_model
+
+        try:
+            model.hf = get_peft_model(model.hf, make_config(model))
+        except ValueError as e:  # e.g. target modules that the model does not have
+            first_line = str(e).strip().splitlines()[0]
+            raise UserError(f"cannot add the adapters: {first_line}; check lora.targets against the model's module names") from None
+
+    return apply
 
 
 from . import freeze, full, lora, prompt, staged  # noqa: E402  (the modules use Stage)

@@ -7,11 +7,12 @@ Adapters come from `peft`. The task head trains in full and is saved with the ad
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import LoraConfig, TaskType
 
 from ..errors import UserError
-from . import Stage
+from . import Stage, wrap_with_peft
 
 # LoRA updates start at zero and are low-rank: they need a higher rate and more epochs than
 # full fine-tuning to move as far.
@@ -38,23 +39,19 @@ class Config:
             raise UserError(f"lora.dropout must be in [0, 1) (got {self.dropout})")
 
 
-def apply_with(cfg: Config):
-    def apply(model) -> None:
-        peft_config = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
-            r=cfg.r,
-            lora_alpha=cfg.alpha,
-            lora_dropout=cfg.dropout,
-            target_modules=cfg.targets or "all-linear",
-            modules_to_save=list(model.head.modules),
-        )
-        model.hf = get_peft_model(model.hf, peft_config)
-
-    return apply
+def peft_config(cfg: Config, model) -> LoraConfig:
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.targets or "all-linear",
+        modules_to_save=list(model.head.modules),
+    )
 
 
 def stages(cfg) -> list[Stage]:
     t = cfg.train
     return [
-        Stage("lora", apply_with(cfg.lora), t.lr or LR, t.epochs or EPOCHS, batch_size=t.batch_size or BATCH_SIZE, max_steps=t.max_steps)
+        Stage("lora", wrap_with_peft(partial(peft_config, cfg.lora)), t.lr or LR, t.epochs or EPOCHS, batch_size=t.batch_size or BATCH_SIZE, max_steps=t.max_steps)
     ]

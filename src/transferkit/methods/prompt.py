@@ -8,11 +8,12 @@ parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
-from peft import PromptTuningConfig, TaskType, get_peft_model
+from peft import PromptTuningConfig, TaskType
 
 from ..errors import UserError
-from . import Stage
+from . import Stage, wrap_with_peft
 
 LR = 3e-3
 EPOCHS = 10
@@ -29,20 +30,16 @@ class Config:
             raise UserError(f"prompt.num_virtual_tokens must be at least 1 (got {self.num_virtual_tokens})")
 
 
-def apply_with(cfg: Config):
-    def apply(model) -> None:
-        peft_config = PromptTuningConfig(
-            task_type=TaskType.SEQ_CLS,
-            num_virtual_tokens=cfg.num_virtual_tokens,
-            modules_to_save=list(model.head.modules),
-        )
-        model.hf = get_peft_model(model.hf, peft_config)
-
-    return apply
+def peft_config(cfg: Config, model) -> PromptTuningConfig:
+    return PromptTuningConfig(
+        task_type=TaskType.SEQ_CLS,
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        modules_to_save=list(model.head.modules),
+    )
 
 
 def stages(cfg) -> list[Stage]:
     t = cfg.train
     return [
-        Stage("prompt", apply_with(cfg.prompt), t.lr or LR, t.epochs or EPOCHS, batch_size=t.batch_size or BATCH_SIZE, max_steps=t.max_steps)
+        Stage("prompt", wrap_with_peft(partial(peft_config, cfg.prompt)), t.lr or LR, t.epochs or EPOCHS, batch_size=t.batch_size or BATCH_SIZE, max_steps=t.max_steps)
     ]
