@@ -99,7 +99,7 @@ def run_trainer(regime: str, settings: dict, train_size: int | None, bf16: bool)
             p.requires_grad = name.startswith(head)
 
     def encode(examples):
-        enc = tokenizer(examples.texts, truncation=True, max_length=128)
+        enc = tokenizer(examples.inputs, truncation=True, max_length=128)
         return [{"input_ids": i, "attention_mask": a, "labels": labels.index(y)}
                 for i, a, y in zip(enc["input_ids"], enc["attention_mask"], examples.labels)]
 

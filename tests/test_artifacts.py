@@ -71,7 +71,7 @@ def test_another_seed_gives_another_split(tiny_bert, toy_csv, tmp_path):
     from transferkit.data.splits import load_splits
 
     a, b = (load_splits(c.data, c.train.seed) for c in cfgs)
-    assert a.test.texts != b.test.texts
+    assert a.test.inputs != b.test.inputs
 
 
 def test_run_folder_contents(tiny_bert, toy_csv, tmp_path):

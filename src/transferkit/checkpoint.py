@@ -6,7 +6,6 @@ a rename within one file system is atomic, so readers see the old artefact or th
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -73,19 +72,9 @@ def replace_dir(write, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_model(model, target: Path, label_names: list[str]) -> None:
-    """Save a TextClassifier: a Hugging Face folder, or a PEFT adapter folder (adapter + head).
-
-    Weights go out as safetensors. The label names travel in the model config (id2label) and,
-    for adapters, in labels.json, since the base model's config is not part of an adapter folder.
-    """
-
-    def write(folder: Path) -> None:
-        model.hf.save_pretrained(folder, safe_serialization=True)
-        model.tokenizer.save_pretrained(folder)
-        (folder / "labels.json").write_text(json.dumps(label_names))
-
-    replace_dir(write, target)
+def save_model(model, target: Path) -> None:
+    """Write `model.save(folder)` into a temporary folder, then swap it in for `target`."""
+    replace_dir(model.save, target)
 
 
 def folder_size(folder: Path) -> int:

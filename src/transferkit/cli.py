@@ -85,15 +85,14 @@ def cmd_evaluate(args) -> None:
 def cmd_predict(args) -> None:
     from .data.tables import read_rows, read_texts
     from .inference import load_run, predict_proba
-    from .models.text import label_names_of
 
     if (args.input is None) == (args.text is None):
         raise UserError("give either --input FILE or --text 'some text'")
     model, cfg = load_run(args.run)
     text_column = args.text_column or cfg.data.text_column
     texts = [args.text] if args.text is not None else read_texts(args.input, text_column)
-    probs = predict_proba(model, texts, cfg.model.max_length)
-    labels = label_names_of(model)
+    probs = predict_proba(model, texts)
+    labels = model.label_names
     best, index = probs.max(-1)
     predicted = [(labels[i], p) for i, p in zip(index.tolist(), best.tolist())]
     if args.text is not None:

@@ -24,11 +24,11 @@ from accelerate import Accelerator
 
 from . import checkpoint
 from .config import RunConfig, load_config
-from .data.batching import make_loader, tokenize
+from .data.batching import make_loader
 from .data.splits import Splits, load_splits
 from .errors import UserError
 from .methods import METHODS
-from .models.text import TextClassifier, load_text_classifier
+from .models import load_model
 from .tasks import Classification
 from .training.features import HeadOnFeatures, cache_features
 from .training.loop import Diverged, Progress, evaluate, fit
@@ -95,8 +95,7 @@ def train(
         raise UserError(f"run folder '{run_dir}' already holds a finished run; pass --overwrite or choose another --output")
     seed_everything(cfg.train.seed)
     splits = load_splits(cfg.data, cfg.train.seed)
-    model = load_text_classifier(cfg.model.name, splits.label_names, cfg.model.trust_remote_code)
-    model.tokenizer.model_max_length = cfg.model.max_length  # saved with it: plain truncation=True matches
+    model = load_model(cfg.model, splits.label_names)
     stages = METHODS[cfg.regime].stages(cfg)
     for stage in stages:
         micro = cfg.train.micro_batch_size or stage.batch_size
@@ -108,7 +107,7 @@ def train(
     try:
         metrics = _train_into(staging, cfg, model, splits, stages, progress)
     except Diverged as e:
-        checkpoint.save_model(model, staging / "model", splits.label_names)
+        checkpoint.save_model(model, staging / "model")
         kept = checkpoint.publish_failed(staging, run_dir)
         raise UserError(
             f"training stopped: {e}; the last good weights are in {kept / 'model'}; lower train.lr (it was {e.lr:g})"
@@ -120,15 +119,16 @@ def train(
     return Run(run_dir, cfg, metrics)
 
 
-def _train_into(staging: Path, cfg: RunConfig, model: TextClassifier, splits: Splits, stages, progress) -> dict:
+def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, progress) -> dict:
     """Run every stage through the loop, test, save; returns the final metrics."""
     checkpoint.write_text(staging / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     task = Classification(splits.label_names)
     accelerator = Accelerator()
     precision = resolve_precision(cfg.train.precision, accelerator.device)
-    pad_id = model.tokenizer.pad_token_id or 0
+    pad_id = model.pad_id
     started = time.perf_counter()
-    tokens = {name: _token_items(model, getattr(splits, name), splits, cfg) for name in ("train", "validation", "test")}
+    # Encoded once: token ids for text (padding happens per batch), transformed images for vision.
+    tokens = {name: model.encode(getattr(splits, name), train=name == "train") for name in ("train", "validation", "test")}
     features, summary = None, {"stages": []}
     with open(staging / "metrics.jsonl", "w") as log_file:
         log = lambda record: log_file.write(json.dumps(record) + "\n") or log_file.flush()  # noqa: E731
@@ -164,7 +164,7 @@ def _train_into(staging: Path, cfg: RunConfig, model: TextClassifier, splits: Sp
     # head-only regime (so the backbone still runs only once), the whole model otherwise.
     final_model, final_items = (HeadOnFeatures(model), features) if stages[-1].cached else (model, tokens)
     test = evaluate(final_model, _eval_loader(final_items["test"], pad_id), task, accelerator, "fp32")
-    checkpoint.save_model(model, staging / "model", splits.label_names)
+    checkpoint.save_model(model, staging / "model")
     metrics = {
         "regime": cfg.regime,
         "model": cfg.model.name,
@@ -181,12 +181,6 @@ def _train_into(staging: Path, cfg: RunConfig, model: TextClassifier, splits: Sp
     }
     checkpoint.write_text(staging / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
-
-
-def _token_items(model: TextClassifier, examples, splits: Splits, cfg: RunConfig) -> list[dict]:
-    index = {name: i for i, name in enumerate(splits.label_names)}
-    ids = tokenize(model.tokenizer, examples.texts, cfg.model.max_length)
-    return [{"input_ids": x, "labels": index[y]} for x, y in zip(ids, examples.labels)]
 
 
 def _eval_loader(items: list[dict], pad_id: int):
@@ -209,7 +203,7 @@ def _stage_summary(stage, result, trainee) -> dict:
     }
 
 
-def _parameter_counts(model: TextClassifier) -> dict:
+def _parameter_counts(model) -> dict:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable, "trainable_percent": 100 * trainable / total}

@@ -8,11 +8,6 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    """Token ids of each text, truncated, unpadded (padding happens per batch)."""
-    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-
-
 class LengthGroupedBatches(Sampler[list[int]]):
     """Batches of examples of similar length, so that padding wastes little compute.
 
@@ -63,8 +58,12 @@ def collate(pad_id: int):
     return collate_fn
 
 
-def make_loader(items: list[dict], batch_size: int, shuffle: bool, seed: int, pad_id: int = 0) -> DataLoader:
-    """A DataLoader over dict items; length-grouped when the items carry token ids."""
-    lengths = [len(item["input_ids"]) if "input_ids" in item else 1 for item in items]
+def make_loader(items, batch_size: int, shuffle: bool, seed: int, pad_id: int = 0) -> DataLoader:
+    """A DataLoader over a sequence of dict items; length-grouped when the items carry token ids.
+
+    `items` may compute its items on access (random image augmentation): then it has no
+    `lengths` to group by, and every item counts as the same length.
+    """
+    lengths = getattr(items, "lengths", None) or [len(item["input_ids"]) if "input_ids" in item else 1 for item in items]
     sampler = LengthGroupedBatches(lengths, batch_size, shuffle, seed)
     return DataLoader(items, batch_sampler=sampler, collate_fn=collate(pad_id))

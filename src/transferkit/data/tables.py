@@ -13,16 +13,16 @@ from ..errors import UserError
 
 @dataclass
 class Examples:
-    """Parallel lists of inputs and their labels (labels as strings; numbers are read as text)."""
+    """Parallel lists of inputs (texts, image files, arrays) and their labels (as strings)."""
 
-    texts: list[str]
+    inputs: list
     labels: list[str]
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.inputs)
 
     def subset(self, indices: list[int]) -> Examples:
-        return Examples([self.texts[i] for i in indices], [self.labels[i] for i in indices])
+        return Examples([self.inputs[i] for i in indices], [self.labels[i] for i in indices])
 
 
 def read_rows(path: str | Path) -> list[dict]:

@@ -40,16 +40,14 @@ def freeze_all_but(model: nn.Module, trainable: list[nn.Parameter]) -> None:
 
 
 def wrap_with_peft(make_config: Callable) -> Callable[[nn.Module], None]:
-    """An `apply` that wraps the model's HF module with `peft`; make_config(model) -> PeftConfig.
+    """An `apply` that adds `peft` adapters to the model; make_config(model) -> PeftConfig.
 
     peft freezes the base weights and marks the adapter (and `modules_to_save`) trainable.
     """
 
     def apply(model) -> None:
-        from peft import get_peft_model
-
         try:
-            model.hf = get_peft_model(model.hf, make_config(model))
+            model.add_adapter(make_config(model))
         except ValueError as e:  # e.g. target modules that the model does not have
             first_line = str(e).strip().splitlines()[0]
             raise UserError(f"cannot add the adapters: {first_line}; check lora.targets against the model's module names") from None

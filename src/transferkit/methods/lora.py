@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from peft import LoraConfig, TaskType
+from peft import LoraConfig
 
 from ..errors import UserError
 from . import Stage, wrap_with_peft
@@ -41,7 +41,7 @@ class Config:
 
 def peft_config(cfg: Config, model) -> LoraConfig:
     return LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=model.peft_task_type,
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,

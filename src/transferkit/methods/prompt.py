@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from peft import PromptTuningConfig, TaskType
+from peft import PromptTuningConfig
 
 from ..errors import UserError
 from . import Stage, wrap_with_peft
@@ -32,7 +32,7 @@ class Config:
 
 def peft_config(cfg: Config, model) -> PromptTuningConfig:
     return PromptTuningConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=model.peft_task_type,
         num_virtual_tokens=cfg.num_virtual_tokens,
         modules_to_save=list(model.head.modules),
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
+from peft import TaskType
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .. import assets
@@ -58,12 +59,60 @@ HEADS: dict[str, Head] = {
 
 
 class TextClassifier(nn.Module):
-    """A sequence classifier with `forward_features` (backbone) and `forward_head` (task head)."""
+    """A sequence classifier with `forward_features` (backbone) and `forward_head` (task head).
 
-    def __init__(self, hf: nn.Module, tokenizer):
+    Every task model offers the same face to the regimes, the loop and the runs: forward,
+    forward_features, forward_head, head / head_parameters, encode (examples -> loader items),
+    add_adapter (peft), reinitialize, save.
+    """
+
+    peft_task_type = TaskType.SEQ_CLS
+
+    def __init__(self, hf: nn.Module, tokenizer, max_length: int = 512):
         super().__init__()
         self.hf = hf
         self.tokenizer = tokenizer
+        self.tokenizer.model_max_length = max_length  # saved with it: plain truncation=True matches
+
+    @property
+    def max_length(self) -> int:
+        return self.tokenizer.model_max_length
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
+
+    @property
+    def label_names(self) -> list[str]:
+        id2label = self.hf.config.id2label
+        return [id2label[i] for i in range(len(id2label))]
+
+    def encode(self, examples, train: bool = False) -> list[dict]:
+        """Loader items: token ids (unpadded) and the label index, when the examples have labels."""
+        ids = self.tokenizer(list(examples.inputs), truncation=True, max_length=self.max_length)["input_ids"]
+        if examples.labels is None:
+            return [{"input_ids": x} for x in ids]
+        index = {name: i for i, name in enumerate(self.label_names)}
+        return [{"input_ids": x, "labels": index[y]} for x, y in zip(ids, examples.labels)]
+
+    def add_adapter(self, peft_config) -> None:
+        from peft import get_peft_model
+
+        self.hf = get_peft_model(self.hf, peft_config)
+
+    def reinitialize(self) -> None:
+        """Random weights in the same architecture: the control that shows what pre-training buys."""
+        self.hf.apply(self.hf._init_weights)
+
+    def save(self, folder: Path) -> None:
+        """A Hugging Face model folder, or a PEFT adapter folder (adapter + trained head).
+
+        Weights go out as safetensors. The label names travel in the model config (id2label)
+        and, for adapters, in labels.json, since an adapter folder has no base-model config.
+        """
+        self.hf.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        (folder / "labels.json").write_text(json.dumps(self.label_names))
 
     @property
     def config(self):
@@ -107,7 +156,9 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_text_classifier(name_or_path: str, label_names: list[str], trust_remote_code: bool = False) -> TextClassifier:
+def load_text_classifier(
+    name_or_path: str, label_names: list[str], trust_remote_code: bool = False, max_length: int = 512
+) -> TextClassifier:
     """A pre-trained encoder (built-in name or local folder) with a fresh head for `label_names`."""
     path = assets.resolve_model(name_or_path)
     if not (path / "config.json").is_file():
@@ -126,7 +177,7 @@ def load_text_classifier(name_or_path: str, label_names: list[str], trust_remote
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     hf.config.pad_token_id = tokenizer.pad_token_id
-    return TextClassifier(hf, tokenizer)
+    return TextClassifier(hf, tokenizer, max_length)
 
 
 def load_saved_classifier(model_dir: Path) -> TextClassifier:
@@ -151,9 +202,4 @@ def load_saved_classifier(model_dir: Path) -> TextClassifier:
         hf = PeftModel.from_pretrained(base, model_dir)
     else:
         hf = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
-    return TextClassifier(hf.eval(), tokenizer)
-
-
-def label_names_of(model: TextClassifier) -> list[str]:
-    id2label = model.config.id2label
-    return [id2label[i] for i in range(len(id2label))]
+    return TextClassifier(hf.eval(), tokenizer, tokenizer.model_max_length)
