@@ -85,7 +85,7 @@ class TrainConfig:
     patience: int | None = 3
     """Stop after this many validations without improvement (empty: never stop early)."""
     metric: str = "accuracy"
-    """Validation metric that picks the best checkpoint (higher is better)."""
+    """Validation metric that picks the best checkpoint: accuracy, macro_f1 or loss."""
     precision: str = "auto"
     """auto (bf16 autocast where the hardware has fast bf16, else fp32), bf16 or fp32."""
     seed: int = 0
@@ -105,6 +105,8 @@ class TrainConfig:
             )
         if self.schedule not in ("linear", "cosine", "constant"):
             raise UserError(f"train.schedule must be linear, cosine or constant (got '{self.schedule}')")
+        if self.metric not in ("accuracy", "macro_f1", "loss"):
+            raise UserError(f"train.metric must be accuracy, macro_f1 or loss (got '{self.metric}')")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"train.precision must be auto, bf16 or fp32 (got '{self.precision}')")
         if not 0 <= self.warmup_ratio < 1:

@@ -69,7 +69,6 @@ def fit(
     """Train the parameters of `model` that require grad; `cfg` is a TrainConfig.
 
     `train_loader` yields micro-batches; `accumulation` of them make one optimizer step.
-
     Validates every epoch (or every `cfg.eval_every_steps`), stops after `cfg.patience`
     validations without improvement, and leaves the best validated weights in `model`.
     Raises Diverged (with the best weights restored) when the loss stops being finite.
@@ -86,24 +85,15 @@ def fit(
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     result = FitResult()
-    best_score, best_state, bad_evals = -math.inf, snapshot(raw_model), 0
+    best = _Best(raw_model, cfg.metric, cfg.patience)
     progress.start(stage, total_steps)
     started = time.perf_counter()
     try:
         while result.steps < total_steps and not result.stopped_early:
             model.train()
             for group in _groups(train_loader, accumulation):
-                count = sum(task.count(batch) for batch in group)
-                loss_total = 0.0
-                for batch in group:
-                    with autocast(accelerator, precision):
-                        logits = model(**_inputs(batch))
-                    loss = task.loss_sum(logits, batch) / count
-                    accelerator.backward(loss)
-                    # .item() syncs with the device: free on a CPU, and it catches a NaN at the
-                    # step it appears, before the optimizer writes it into the weights.
-                    loss_total += loss.item()
-                if not math.isfinite(loss_total):
+                loss, count = _accumulate(model, group, task, accelerator, precision)
+                if not math.isfinite(loss):
                     raise Diverged(stage, result.steps + 1, lr)
                 if cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -112,17 +102,11 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 result.steps += 1
                 result.examples += count
-                record = {"stage": stage, "step": result.steps, "loss": loss_total, "lr": scheduler.get_last_lr()[0]}
+                record = {"stage": stage, "step": result.steps, "loss": loss, "lr": scheduler.get_last_lr()[0]}
                 if result.steps % eval_every == 0 or result.steps == total_steps:
                     val = evaluate(model, val_loader, task, accelerator, precision)
                     record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float)})
-                    score = -val["loss"] if cfg.metric == "loss" else val[cfg.metric]
-                    if score > best_score:
-                        best_score, best_state, bad_evals = score, snapshot(raw_model), 0
-                        result.best_step, result.best_metrics = result.steps, val
-                    else:
-                        bad_evals += 1
-                        result.stopped_early = cfg.patience is not None and bad_evals >= cfg.patience
+                    result.stopped_early = best.update(raw_model, result.steps, val)
                 log(record)
                 progress.step(**{k: v for k, v in record.items() if k in ("loss", "val_accuracy")})
                 if result.steps >= total_steps or result.stopped_early:
@@ -130,9 +114,47 @@ def fit(
     finally:
         # On success and on divergence alike, the model leaves with its best validated weights.
         progress.close()
-        restore(raw_model, best_state)
+        restore(raw_model, best.state)
     result.seconds = time.perf_counter() - started
+    result.best_step, result.best_metrics = best.step, best.metrics
     return result
+
+
+def _accumulate(model: nn.Module, group: list[dict], task, accelerator: Accelerator, precision: str) -> tuple[float, int]:
+    """Forward and backward over the micro-batches of one optimizer step; (loss, example count).
+
+    Each micro-batch's summed loss is divided by the count of the whole group, so the gradient
+    equals that of one large batch, however the examples are split.
+    """
+    count = sum(task.count(batch) for batch in group)
+    total = 0.0
+    for batch in group:
+        with autocast(accelerator, precision):
+            logits = model(**_inputs(batch))
+        loss = task.loss_sum(logits, batch) / count
+        accelerator.backward(loss)
+        # .item() syncs with the device: free on a CPU, and it catches a NaN at the step it
+        # appears, before the optimizer writes it into the weights.
+        total += loss.item()
+    return total, count
+
+
+class _Best:
+    """The best validated weights so far, for early stopping and the final restore."""
+
+    def __init__(self, model: nn.Module, metric: str, patience: int | None):
+        self.metric, self.patience = metric, patience
+        # Before any validation the pre-trained weights are the last good ones.
+        self.score, self.state, self.step, self.metrics, self.stale = -math.inf, snapshot(model), 0, {}, 0
+
+    def update(self, model: nn.Module, step: int, metrics: dict) -> bool:
+        """Keep the weights if they validate best; True when patience has run out."""
+        score = -metrics["loss"] if self.metric == "loss" else metrics[self.metric]
+        if score > self.score:
+            self.score, self.state, self.step, self.metrics, self.stale = score, snapshot(model), step, metrics, 0
+            return False
+        self.stale += 1
+        return self.patience is not None and self.stale >= self.patience
 
 
 @torch.no_grad()
