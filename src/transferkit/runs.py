@@ -122,6 +122,7 @@ def train(
 def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, progress) -> dict:
     """Run every stage through the loop, test, save; returns the final metrics."""
     checkpoint.write_text(staging / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    progress = progress or Progress()
     task = Classification(splits.label_names)
     accelerator = Accelerator()
     precision = resolve_precision(cfg.train.precision, accelerator.device)
@@ -136,7 +137,10 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
             stage.apply(model)
             if stage.cached and features is None:
                 cache_started = time.perf_counter()
-                features = {n: cache_features(model, _eval_loader(items, pad_id), accelerator, precision) for n, items in tokens.items()}
+                loaders = {n: _eval_loader(items, pad_id) for n, items in tokens.items()}
+                progress.start("caching features", sum(len(loader) for loader in loaders.values()))
+                features = {n: cache_features(model, loader, accelerator, precision, progress) for n, loader in loaders.items()}
+                progress.close()
                 summary["cache_seconds"] = time.perf_counter() - cache_started
             trainee, items = (HeadOnFeatures(model), features) if stage.cached else (model, tokens)
             micro = cfg.train.micro_batch_size or stage.batch_size

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .loop import autocast
+from .loop import Progress, autocast
 
 
 class HeadOnFeatures(nn.Module):
@@ -20,13 +20,15 @@ class HeadOnFeatures(nn.Module):
 
 
 @torch.no_grad()  # not inference_mode: its tensors could not feed a trainable head afterwards
-def cache_features(model: nn.Module, loader, accelerator, precision: str) -> list[dict]:
+def cache_features(model: nn.Module, loader, accelerator, precision: str, progress: Progress | None = None) -> list[dict]:
     """One pass of `model.forward_features` in eval mode: a list of {features, labels} items."""
     was_training = model.training
     model.eval()  # a frozen backbone runs without dropout and with fixed norm statistics
     model.to(accelerator.device)
     items = []
     for batch in loader:
+        if progress:
+            progress.step()
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with autocast(accelerator, precision):
             features = model.forward_features(**{k: v for k, v in batch.items() if k != "labels"})
