@@ -111,7 +111,7 @@ def run_trainer(regime: str, settings: dict, train_size: int | None, bf16: bool)
         per_device_eval_batch_size=64,
         learning_rate=settings["lr"],
         num_train_epochs=settings["epochs"],
-        warmup_ratio=0.1,
+        warmup_steps=0.1,  # transformers 5: a float below 1 is a ratio of the total steps
         weight_decay=0.01,
         lr_scheduler_type="linear",
         eval_strategy="no",
