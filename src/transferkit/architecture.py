@@ -107,35 +107,43 @@ class Architecture:
         return self.backbone + self.head(task, num_labels)
 
 
+def locate(name_or_path: str) -> tuple[Path, str | None]:
+    """(folder, GGUF file name or None) of a built-in name, a model folder, a config.json or a .gguf file."""
+    if name_or_path in assets.MODELS:
+        path = assets.MODELS[name_or_path].path()
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            known = ", ".join(assets.MODELS)
+            raise UserError(
+                f"model '{name_or_path}' is neither a built-in name ({known}) nor an existing folder or file; "
+                "pass a model folder, its config.json, or a .gguf file"
+            )
+    if path.is_file():
+        return path.parent, (path.name if path.suffix == ".gguf" else None)
+    if (path / "config.json").is_file():
+        return path, None
+    found = sorted(path.glob("*.gguf"))
+    if not found:
+        raise UserError(f"model folder '{path}' has no config.json (nor a .gguf file); pass a Hugging Face model folder")
+    return path, found[0].name
+
+
 def load_config(name_or_path: str):
     """A transformers config from a built-in name, a model folder, a config.json or a GGUF file."""
     from transformers import AutoConfig
 
+    folder, gguf = locate(name_or_path)
     path = Path(name_or_path).expanduser()
-    if name_or_path in assets.MODELS:
-        path = assets.MODELS[name_or_path].path()
-    elif not path.exists():
-        known = ", ".join(assets.MODELS)
-        raise UserError(
-            f"model '{name_or_path}' is neither a built-in name ({known}) nor an existing folder or file; "
-            "pass a model folder, its config.json, or a .gguf file"
-        )
-    gguf = None
-    if path.is_dir() and not (path / "config.json").is_file():
-        found = sorted(path.glob("*.gguf"))
-        if not found:
-            raise UserError(f"model folder '{path}' has no config.json (nor a .gguf file); pass a Hugging Face model folder")
-        path, gguf = path, found[0].name
-    elif path.suffix == ".gguf":
-        path, gguf = path.parent, path.name
+    source = path if path.is_file() and path.suffix == ".json" else folder
     try:
         if gguf:
             # Reads the GGUF header only; the tensors stay on disk.
-            return AutoConfig.from_pretrained(path, gguf_file=gguf)
-        return AutoConfig.from_pretrained(path)
+            return AutoConfig.from_pretrained(folder, gguf_file=gguf)
+        return AutoConfig.from_pretrained(source)
     except (ValueError, KeyError, OSError, json.JSONDecodeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read the model config at '{path}' ({first}); pass a folder with a valid config.json") from None
+        raise UserError(f"cannot read the model config at '{source}' ({first}); pass a folder with a valid config.json") from None
 
 
 def from_config(config) -> Architecture:
