@@ -30,6 +30,13 @@ EXAMPLES = {
   transferkit predict runs/reviews --text "Shares fell sharply after the results." """,
     "models": "example:\n  transferkit models            # then: transferkit train --model minilm-l6 ...",
     "datasets": "example:\n  transferkit datasets          # then: transferkit train --data bbc-news ...",
+    "plan": """examples:
+  transferkit plan --model minilm-l6                         # full, freeze, lora and prompt side by side
+  transferkit plan --model ./Llama-3-8B --regime lora --precision bf16 --batch 4 --seq 2048 --gpu-memory 24GiB
+  transferkit plan --model minilm-l6 --data reviews.csv      # memory plus which regime fits this data
+  transferkit plan --model ./big-model/config.json --examples 20 --classes 3 --gpu-memory 80G --json
+--learning-curve reads results of an earlier comparison, as JSON:
+  {"results": [{"regime": "full", "train_size": 100, "accuracy": 0.81}, ...]}""",
 }
 
 
@@ -110,6 +117,116 @@ def cmd_predict(args) -> None:
     print(f"wrote {len(rows)} predictions to {args.output} (columns predicted_label, probability)")
 
 
+def cmd_plan(args) -> None:
+    from dataclasses import asdict, replace
+
+    from .planning.advice import Facts, advise, read_curve
+    from .planning.architecture import from_config, load_config
+    from .planning.fixes import cheapest_fix, lowest_memory
+    from .planning.memory import REGIMES, Setup, parse_memory, plan
+    from .report.plan import assumptions, format_advice, format_plans
+
+    budget = parse_memory(args.gpu_memory) if args.gpu_memory is not None else None
+    data = _plan_data(args)
+    curve = read_curve(args.learning_curve) if args.learning_curve else []
+    if curve and data is None:
+        raise UserError("--learning-curve needs the size of your data: pass --data or --examples")
+    arch = from_config(load_config(args.model))
+    targets = tuple(t.strip() for t in (args.lora_targets or "").split(",") if t.strip())
+    setup = Setup(
+        regime=args.regime or "full",
+        precision=args.precision,
+        optimizer=args.optimizer,
+        batch_size=args.batch,
+        seq_len=args.seq,
+        gradient_checkpointing=args.gradient_checkpointing,
+        lora_r=args.lora_r,
+        lora_targets=targets,
+        task=args.task,
+        num_labels=args.labels or (len(data.class_counts) if data else 2),
+        device=args.device,
+        examples=data.examples if data else None,
+    )
+    plans = {r: plan(arch, replace(setup, regime=r)) for r in REGIMES}
+    shown = {r: plans[r] for r in ([setup.regime] if args.regime else REGIMES)}
+    fixes = {
+        r: cheapest_fix(arch, p.setup, budget) or lowest_memory(arch, p.setup, budget)
+        for r, p in shown.items()
+        if budget is not None and p.possible and not p.fits(budget)
+    }
+    advice = None
+    if data is not None:
+        from .methods import METHODS
+
+        facts = Facts(data, arch.parameters(setup.task, setup.num_labels), arch.kind == "decoder", plans, budget, curve, tuple(METHODS))
+        advice = advise(facts)
+    if args.json:
+        out = {
+            "model": args.model,
+            "architecture": asdict(arch),
+            "budget_bytes": budget,
+            "plans": {
+                r: p.to_dict()
+                | {"fits": None if budget is None else p.fits(budget)}
+                | ({"fix": {"changes": fixes[r].changes, "fits": fixes[r].plan.fits(budget), "plan": fixes[r].plan.to_dict()}} if r in fixes else {})
+                for r, p in shown.items()
+            },
+            "assumptions": assumptions(arch, setup),
+            "data": None if data is None else asdict(data),
+            "advice": None if advice is None else asdict(advice),
+        }
+        print(json.dumps(out, indent=2))
+        return
+    print(format_plans(shown, budget, fixes))
+    print("\nassumptions:")
+    print("\n".join(f"  - {line}" for line in assumptions(arch, setup)))
+    if advice is not None:
+        print()
+        print(format_advice(data, advice))
+
+
+def _plan_data(args):
+    """The data's summary for `plan`: from --data (counted, and its text measured against the
+    model's tokenizer) or from --examples/--classes; None without either."""
+    from .planning.advice import DataSummary
+
+    if args.data is not None and args.examples is not None:
+        raise UserError("give either --data FILE or --examples N (the data's size), not both")
+    if args.examples is not None:
+        if args.examples < 1 or (args.classes or 2) < 1:
+            raise UserError("--examples and --classes must be at least 1")
+        return DataSummary.balanced(args.examples, args.classes or 2)
+    if args.classes is not None:
+        raise UserError("--classes goes with --examples; with --data the classes are counted from the labels")
+    if args.data is None:
+        return None
+    from .assets import DATASETS
+    from .data.tables import read_builtin, read_examples
+
+    if args.data in DATASETS:
+        examples = read_builtin(args.data)
+    else:
+        examples = read_examples(args.data, args.text_column or "text", args.label_column or "label")
+    return DataSummary.from_labels(examples.labels, _domain_shift(args.model, examples.inputs))
+
+
+def _domain_shift(model: str, texts: list[str]):
+    """How the model's tokenizer splits the texts; None where the model folder has no usable tokenizer."""
+    from transformers import AutoTokenizer
+
+    from .planning.advice import measure_shift
+    from .planning.architecture import locate
+    from .models.text import quiet_transformers
+
+    quiet_transformers()
+    folder, gguf = locate(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf} if gguf else {}))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return measure_shift(tokenizer, texts) if tokenizer.is_fast else None
+
+
 def cmd_models(args) -> None:
     from .assets import MODELS
 
@@ -126,6 +243,7 @@ COMMANDS = {
     "train": (cmd_train, "fine-tune a pre-trained model on your data"),
     "evaluate": (cmd_evaluate, "metrics of a finished run, on its test split or on new labelled data"),
     "predict": (cmd_predict, "label new texts with a finished run's model"),
+    "plan": (cmd_plan, "memory of each regime from the model's config alone, and which regime suits your data"),
     "models": (cmd_models, "list the built-in models and whether each is installed"),
     "datasets": (cmd_datasets, "list the built-in datasets and whether each is installed"),
 }
@@ -177,6 +295,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="a single text to label")
     p.add_argument("--output", help="where to write the rows with predicted_label and probability added (.csv or .jsonl)")
     p.add_argument("--text-column", help="column with the text (default: the one used in training)")
+
+    p = parsers["plan"]
+    p.add_argument("--model", default="minilm-l6", help="built-in name, model folder, config.json or .gguf file (only the config is read)")
+    p.add_argument("--regime", help="full, freeze, lora or prompt (default: all four side by side)")
+    p.add_argument("--precision", default="mixed-bf16", help="fp32, mixed-bf16, mixed-fp16, bf16, int8 or int4 (default: mixed-bf16)")
+    p.add_argument("--optimizer", default="adamw", help="adamw, adamw-8bit or sgd (default: adamw)")
+    p.add_argument("--batch", type=int, default=16, help="examples per forward pass (default: 16)")
+    p.add_argument("--seq", type=int, default=128, help="tokens per example (default: 128, transferkit's model.max_length)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each block in the backward pass")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default: 16)")
+    p.add_argument("--lora-targets", help="comma-separated linear-layer names for LoRA (default: all linear layers)")
+    p.add_argument("--task", default="classify", help="classify (a sequence classifier) or lm (next-token prediction)")
+    p.add_argument("--labels", type=int, help="number of classes (default: counted from --data, else 2)")
+    p.add_argument("--device", default="cuda", help="cuda or cpu: which kernels the plan assumes (default: cuda)")
+    p.add_argument("--gpu-memory", help="memory budget: 24GiB, 24GB (10^9 bytes), 80G or 24 (GiB)")
+    p.add_argument("--data", help="built-in dataset or CSV / JSONL file: adds advice on which regime suits it")
+    p.add_argument("--text-column", help="column with the text (default: text)")
+    p.add_argument("--label-column", help="column with the label (default: label)")
+    p.add_argument("--examples", type=int, help="instead of --data: how many labelled examples you have")
+    p.add_argument("--classes", type=int, help="with --examples: how many classes (default: 2, assumed balanced)")
+    p.add_argument("--learning-curve", help="JSON results of an earlier comparison (see below)")
+    p.add_argument("--json", action="store_true", help="print the whole breakdown as JSON")
     return parser
 
 
