@@ -75,6 +75,27 @@ def test_saved_efficientnet_folder_loads_in_the_upstream_class(tmp_path):
     assert config["mean"] == config["std"] == [0.5, 0.5, 0.5]
 
 
+@needs_efficientnet
+def test_lora_on_efficientnet_adapts_the_1x1_convolutions_and_keeps_batch_norm_frozen(tmp_path):
+    from transferkit.methods import METHODS
+
+    cfg = load_config(None, {"regime": "lora", "model.name": "efficientnet-lite0", "model.image_size": 32})
+    model = vision.load_image_classifier("efficientnet-lite0", ["a", "b"], 32)
+    METHODS["lora"].stages(cfg)[0].apply(model)
+    adapted = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if ".lora_A." in n}
+    assert adapted and all(n.rsplit(".", 1)[-1] in ("_expand_conv", "_project_conv", "_conv_head") for n in adapted)
+    statistics = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
+    logits = model.train()(torch.randn(2, 3, 32, 32))
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters() if p.requires_grad)
+    assert all(torch.equal(b, statistics[n]) for n, b in model.named_buffers() if "running" in n)
+    model.save(tmp_path)  # the updates merged into a plain network
+    reloaded = vision.load_saved_image_classifier(tmp_path)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(pixels), model.eval()(pixels), atol=1e-4)
+
+
 # --- the frozen backbone runs once ----------------------------------------------------------------
 
 

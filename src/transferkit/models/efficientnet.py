@@ -25,7 +25,9 @@ class EfficientNetLite(EfficientNet):
     def build(cls, num_classes: int, image_size: int, variant: str = "efficientnet-lite0") -> EfficientNetLite:
         # The static "same" padding is computed for image_size; it is the same for every
         # multiple of 32, so weights trained at 224 run unchanged at 128.
-        return cls.from_name(variant, num_classes=num_classes, image_size=image_size)
+        net = cls.from_name(variant, num_classes=num_classes, image_size=image_size)
+        _plain_pointwise_convs(net)
+        return net
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> globally pooled features (B, 1280)."""
@@ -39,3 +41,17 @@ class EfficientNetLite(EfficientNet):
 
     def reset_classifier(self, num_classes: int) -> None:
         self._fc = nn.Linear(self._fc.in_features, num_classes)
+
+
+def _plain_pointwise_convs(net: nn.Module) -> None:
+    """Swap the 1x1, stride-1 convolutions for plain nn.Conv2d (same parameters and names).
+
+    They need no "same" padding, and peft builds LoRA adapters with `type(base_layer)`, which
+    the upstream padded conv class cannot be called like.
+    """
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            pointwise = isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1) and tuple(child.stride) == (1, 1)
+            if pointwise and type(child) is not nn.Conv2d:
+                plain = nn.Conv2d(child.in_channels, child.out_channels, 1, groups=child.groups, bias=child.bias is not None)
+                setattr(parent, name, plain)
