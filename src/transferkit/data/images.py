@@ -35,7 +35,7 @@ def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
     images = [p for p in files if is_image_file(p)]
     for path in images:
         check_image(path)
-    return images, [p for p in files if p not in set(images)]
+    return images, [p for p in files if not is_image_file(p)]
 
 
 def check_image(path: Path) -> None:
