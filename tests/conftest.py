@@ -102,3 +102,87 @@ def tiny_overrides(model: Path, data: Path, out: Path, regime: str, **extra) -> 
         **extra,
     }
     return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
+
+
+# --- images -------------------------------------------------------------------------------------
+
+IMAGE_LABELS = ["blue", "red"]
+CNN_WIDTHS = (4, 8)  # SmallCNN: 3 -> 4 -> 8 channels
+
+
+def toy_image(label: str, rng, size=(20, 24)):
+    """A trivially separable image task: noise with a strong red or blue (or green) cast."""
+    import numpy as np
+
+    pixels = rng.integers(0, 80, (*size, 3), dtype=np.uint8)
+    pixels[..., {"red": 0, "green": 1, "blue": 2}[label]] += 150
+    return pixels
+
+
+def write_toy_images(root: Path, per_class: int, seed: int, labels=IMAGE_LABELS) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label in labels:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(toy_image(label, rng)).save(root / label / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_images(tmp_path_factory) -> Path:
+    return write_toy_images(tmp_path_factory.mktemp("images"), per_class=30, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn(tmp_path_factory) -> Path:
+    return build_tiny_cnn(tmp_path_factory.mktemp("tiny-cnn"))
+
+
+def build_tiny_cnn(folder: Path) -> Path:
+    """A 2-block SmallCNN "pre-trained" for a moment on red / green / blue, saved as an image model folder.
+
+    Like the tiny BERT: its features carry the colour signal, so a frozen backbone gives a head
+    something to learn from. Its 3-way head does not fit the 2 toy labels, so runs start a fresh one.
+    """
+    import numpy as np
+
+    from transferkit.data.images import to_tensor
+    from transferkit.models.vision import ImageClassifier, ImageConfig, SmallCNN
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(99)
+    colours = ["red", "green", "blue"]
+    labels = torch.tensor([i % 3 for i in range(96)])
+    from PIL import Image
+
+    x = torch.stack([to_tensor(Image.fromarray(toy_image(colours[i], rng, (16, 16))), [0.5] * 3, [0.5] * 3) for i in labels])
+    net = SmallCNN(3, CNN_WIDTHS)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    for step in range(30):
+        batch = slice(32 * (step % 3), 32 * (step % 3 + 1))
+        torch.nn.functional.cross_entropy(net(x[batch]), labels[batch]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    config = ImageConfig("small-cnn", colours, 16, [0.5] * 3, [0.5] * 3, arguments={"widths": list(CNN_WIDTHS)})
+    ImageClassifier(net, config).save(folder)
+    return folder
+
+
+def image_overrides(model: Path, data: Path, out: Path, regime: str, **extra) -> list[str]:
+    """Overrides for a quick run of `regime` on the tiny CNN and the toy images (16 x 16 pixels)."""
+    values = {
+        "regime": regime,
+        "model.name": str(model),
+        "model.image_size": 16,
+        "data.name": str(data),
+        "output": str(out),
+        "train.batch_size": 8,
+        "train.patience": None,
+        "train.precision": "fp32",
+        "staged.head_epochs": 5,
+        **extra,
+    }
+    return [f"{k}={'null' if v is None else v}" for k, v in values.items()]

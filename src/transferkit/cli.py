@@ -27,7 +27,9 @@ EXAMPLES = {
   transferkit evaluate runs/reviews --data held-out.csv --json""",
     "predict": """examples:
   transferkit predict runs/reviews --input new.csv --output predictions.csv
-  transferkit predict runs/reviews --text "Shares fell sharply after the results." """,
+  transferkit predict runs/reviews --text "Shares fell sharply after the results."
+  transferkit predict runs/photos --input photo.jpg                 # an image run: one image ...
+  transferkit predict runs/photos --input new-photos/ --output predictions.csv   # ... or a folder""",
     "models": "example:\n  transferkit models            # then: transferkit train --model minilm-l6 ...",
     "datasets": "example:\n  transferkit datasets          # then: transferkit train --data bbc-news ...",
     "plan": """examples:
@@ -71,6 +73,9 @@ def cmd_train(args) -> None:
         f"({test['examples']} test examples, regime {cfg.regime}, {run.metrics['train_seconds']:.0f} s)"
     )
     print(f"run folder: {run.dir}  (model/, metrics.json, metrics.jsonl, config.yaml)")
+    skipped = run.metrics["data"].get("skipped_files") or []
+    if skipped:
+        print(f"skipped {len(skipped)} files that are not images (listed in metrics.json), e.g. {skipped[0]}")
 
 
 def cmd_evaluate(args) -> None:
@@ -96,6 +101,8 @@ def cmd_predict(args) -> None:
     if (args.input is None) == (args.text is None):
         raise UserError("give either --input FILE or --text 'some text'")
     model, cfg = load_run(args.run)
+    if model.modality == "image":
+        return _predict_images(args, model)
     text_column = args.text_column or cfg.data.text_column
     texts = [args.text] if args.text is not None else read_texts(args.input, text_column)
     probs = predict_proba(model, texts)
@@ -227,6 +234,40 @@ def _domain_shift(model: str, texts: list[str]):
     return measure_shift(tokenizer, texts) if tokenizer.is_fast else None
 
 
+def _predict_images(args, model) -> None:
+    """Label an image file or every image in a folder: print or write path, label, probability."""
+    from .data.images import check_image, is_image_file, list_images
+    from .inference import predict_proba
+
+    if args.text is not None:
+        raise UserError("this run's model reads images; give --input IMAGE or --input FOLDER instead of --text")
+    path = Path(args.input)
+    if path.is_dir():
+        files, skipped = list_images(path)
+        if not files:
+            raise UserError(f"folder '{path}' holds no image files; give a folder of .png / .jpg images")
+    elif is_image_file(path):
+        check_image(path)
+        files, skipped = [path], []
+    elif path.exists():
+        raise UserError(f"'{path}' is not an image file; give an image or a folder of images")
+    else:
+        raise UserError(f"input '{path}' does not exist; check the path")
+    probs = predict_proba(model, files)
+    best, index = probs.max(-1)
+    rows = [{"path": str(f), "predicted_label": model.label_names[i], "probability": round(p, 6)}
+            for f, i, p in zip(files, index.tolist(), best.tolist())]  # fmt: skip
+    note = f" (skipped {len(skipped)} files that are not images)" if skipped else ""
+    if args.output is None:
+        for row in rows:
+            print(f"{row['predicted_label']}\t{row['probability']:.4f}\t{row['path']}")
+        if note:
+            print(note.strip(" ()"), file=sys.stderr)
+        return
+    _write_rows(Path(args.output), rows)
+    print(f"wrote {len(rows)} predictions to {args.output} (columns path, predicted_label, probability){note}")
+
+
 def cmd_models(args) -> None:
     from .assets import MODELS
 
@@ -268,13 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = parsers["train"]
     p.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG.yaml] [section.key=value ...]",
                    help="an optional YAML config, then overrides such as train.lr=3e-4 lora.r=8")
-    p.add_argument("--model", help="built-in model name (see 'transferkit models') or a local Hugging Face model folder")
-    p.add_argument("--data", help="built-in dataset name (see 'transferkit datasets') or a CSV / JSONL file")
+    p.add_argument("--model", help="built-in model name (see 'transferkit models'), a local Hugging Face model folder, "
+                   "a saved image model folder, or a weights file with model.architecture=NAME")
+    p.add_argument("--data", help="built-in dataset name (see 'transferkit datasets'), a CSV / JSONL file, "
+                   "or an image folder with one sub-folder per class")
     p.add_argument("--text-column", help="column with the input text (default: text)")
     p.add_argument("--label-column", help="column with the label (default: label)")
     p.add_argument("--validation", help="a separate validation file (default: split off the data)")
     p.add_argument("--test", help="a separate test file (default: split off the data)")
-    p.add_argument("--regime", help="full, freeze, lora, prompt or staged (default: full)")
+    p.add_argument("--regime", help="full, freeze, lora, prompt, staged or scratch (default: full)")
     p.add_argument("--epochs", type=int, help="passes over the training data (default: the regime's own)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the regime's own)")
     p.add_argument("--seed", type=int, help="seed for the split, the initialisation and the batch order (default: 0)")
@@ -284,14 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = parsers["evaluate"]
     p.add_argument("run", help="a run folder written by 'transferkit train'")
-    p.add_argument("--data", help="a labelled CSV / JSONL file (default: the run's own test metrics)")
+    p.add_argument("--data", help="a labelled CSV / JSONL file or image folder (default: the run's own test metrics)")
     p.add_argument("--text-column", help="column with the text (default: the one used in training)")
     p.add_argument("--label-column", help="column with the label (default: the one used in training)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     p = parsers["predict"]
     p.add_argument("run", help="a run folder written by 'transferkit train'")
-    p.add_argument("--input", help="a CSV / JSONL file of texts")
+    p.add_argument("--input", help="a CSV / JSONL file of texts; for an image run, an image file or a folder of images")
     p.add_argument("--text", help="a single text to label")
     p.add_argument("--output", help="where to write the rows with predicted_label and probability added (.csv or .jsonl)")
     p.add_argument("--text-column", help="column with the text (default: the one used in training)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .methods import METHODS, freeze, lora, prompt, staged
+from .methods import METHODS, freeze, lora, prompt, scratch, staged
 
 
 @dataclass
@@ -25,15 +25,22 @@ class ModelConfig:
     """Inputs are truncated to this many tokens."""
     trust_remote_code: bool = False
     """Run code shipped inside the model folder. Off unless you trust the folder's author."""
+    image_size: int = 128
+    """Images are resized and cropped to image_size x image_size pixels (image models)."""
+    architecture: str | None = None
+    """Architecture of a weights file given as model.name (.safetensors / .pth), e.g. efficientnet-lite0."""
 
     def __post_init__(self):
         _check_positive("model.max_length", self.max_length)
+        if self.image_size < 16:
+            raise UserError(f"model.image_size must be at least 16 pixels (got {self.image_size})")
 
 
 @dataclass
 class DataConfig:
     name: str = "bbc-news"
-    """A built-in dataset name (see `transferkit datasets`) or a CSV / JSONL file (the training data)."""
+    """A built-in dataset name (see `transferkit datasets`), a CSV / JSONL file, or an image folder
+    with one sub-folder of images per class (the training data)."""
     validation: str | None = None
     """Optional file with the validation split; otherwise it is split off the training data."""
     test: str | None = None
@@ -48,6 +55,11 @@ class DataConfig:
     """Share of the data held out for testing when no test file is given (stratified)."""
     train_size: int | None = None
     """Train on a stratified, seeded subset of this many examples (to see quality against data size)."""
+    validation_size: int | None = None
+    """Validate on a stratified subset of this many examples, the same whatever train.seed (validation is a
+    forward pass over it every epoch)."""
+    test_size: int | None = None
+    """Test on a stratified subset of this many examples, the same whatever train.seed."""
 
     def __post_init__(self):
         for key in ("validation_fraction", "test_fraction"):
@@ -56,8 +68,9 @@ class DataConfig:
                 raise UserError(f"data.{key} must be between 0 and 1 (got {value}); use e.g. 0.1")
         if self.validation_fraction + self.test_fraction >= 0.9:
             raise UserError("data.validation_fraction + data.test_fraction leave under 10% to train on; lower them")
-        if self.train_size is not None:
-            _check_positive("data.train_size", self.train_size)
+        for key in ("train_size", "validation_size", "test_size"):
+            if getattr(self, key) is not None:
+                _check_positive(f"data.{key}", getattr(self, key))
 
 
 @dataclass
@@ -118,7 +131,7 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     regime: str = "full"
-    """How to adapt the model: full, freeze, lora, prompt or staged."""
+    """How to adapt the model: full, freeze, lora, prompt, staged, or scratch (random weights, the control)."""
     output: str | None = None
     """Run folder. Empty: runs/<dataset>-<regime>."""
     overwrite: bool = False
@@ -130,6 +143,7 @@ class RunConfig:
     lora: lora.Config = field(default_factory=lora.Config)
     prompt: prompt.Config = field(default_factory=prompt.Config)
     staged: staged.Config = field(default_factory=staged.Config)
+    scratch: scratch.Config = field(default_factory=scratch.Config)
 
     def __post_init__(self):
         if self.regime not in METHODS:

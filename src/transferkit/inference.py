@@ -9,7 +9,8 @@ from accelerate import Accelerator
 
 from .config import RunConfig, load_config
 from .data.batching import make_loader
-from .data.tables import Examples, read_examples
+from .data.splits import read_labelled
+from .data.tables import Examples
 from .errors import UserError
 from .models import load_saved_model
 from .tasks import Classification
@@ -29,10 +30,27 @@ def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     return load_saved_model(run_dir / "model"), load_config(run_dir / "config.yaml")
 
 
+class _Indexed(torch.utils.data.Dataset):
+    """Items with their position, so that predictions come back in input order whatever the batching."""
+
+    def __init__(self, items):
+        self.items = items
+        self.lengths = getattr(items, "lengths", None) or [len(item.get("input_ids", ())) or 1 for item in items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.items[i], "index": i}
+
+
 @torch.no_grad()
 def predict_proba(model, inputs: list, batch_size: int = 32) -> torch.Tensor:
-    """Class probabilities (N, num_labels) in input order, computed in fp32 (as any plain load would)."""
-    items = [{**item, "index": i} for i, item in enumerate(model.encode(Examples(inputs, None)))]
+    """Class probabilities (N, num_labels) in input order, computed in fp32 (as any plain load would).
+
+    `inputs` are texts for a text model; image files or uint8 arrays for an image model.
+    """
+    items = _Indexed(model.encode(Examples(inputs, None)))
     probs = torch.empty(len(inputs), len(model.label_names))
     model.eval()
     for batch in make_loader(items, batch_size, shuffle=False, seed=0, pad_id=model.pad_id):
@@ -49,9 +67,9 @@ def predict(run_dir: str | Path, inputs: list) -> list[tuple[str, float]]:
 
 
 def evaluate_file(run_dir: str | Path, path: str, text_column: str | None = None, label_column: str | None = None) -> dict:
-    """Test metrics of a finished run on a labelled CSV / JSONL file."""
+    """Test metrics of a finished run on a labelled CSV / JSONL file or image folder."""
     model, cfg = load_run(run_dir)
-    examples = read_examples(path, text_column or cfg.data.text_column, label_column or cfg.data.label_column)
+    examples = read_labelled(path, text_column or cfg.data.text_column, label_column or cfg.data.label_column)
     labels = model.label_names
     unknown = sorted(set(examples.labels) - set(labels))
     if unknown:

@@ -96,6 +96,12 @@ def train(
     seed_everything(cfg.train.seed)
     splits = load_splits(cfg.data, cfg.train.seed)
     model = load_model(cfg.model, splits.label_names)
+    if model.modality != splits.modality:
+        hint = "efficientnet-lite0" if splits.modality == "image" else "minilm-l6"
+        raise UserError(
+            f"model '{cfg.model.name}' reads {model.modality} but data '{cfg.data.name}' holds {splits.modality}s; "
+            f"pick a {splits.modality} model, e.g. --model {hint}"
+        )
     stages = METHODS[cfg.regime].stages(cfg)
     for stage in stages:
         micro = cfg.train.micro_batch_size or stage.batch_size
@@ -172,7 +178,11 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
     metrics = {
         "regime": cfg.regime,
         "model": cfg.model.name,
-        "data": {"name": cfg.data.name, **{n: len(getattr(splits, n)) for n in ("train", "validation", "test")}},
+        "data": {
+            "name": cfg.data.name,
+            **{n: len(getattr(splits, n)) for n in ("train", "validation", "test")},
+            "skipped_files": splits.skipped,
+        },
         "labels": splits.label_names,
         "test": test,
         "validation": summary["stages"][-1]["best_validation"],

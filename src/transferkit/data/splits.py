@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import assets
 from ..errors import UserError
-from .tables import Examples, read_builtin, read_examples
+from .tables import Examples, read_builtin, read_builtin_test, read_examples
 
 
 @dataclass
@@ -18,21 +18,43 @@ class Splits:
     validation: Examples
     test: Examples
     label_names: list[str]
+    modality: str = "text"
+    """What the inputs are: "text" or "image" (file paths or uint8 arrays)."""
+    skipped: list[str] = field(default_factory=list)
+    """Files in the data folders that were not read (not images)."""
+
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+
+
+def read_labelled(path: str, text_column: str, label_column: str) -> Examples:
+    """Labelled examples from a CSV / JSONL file or an image folder (one sub-folder per class)."""
+    if Path(path).is_dir() and Path(path).suffix.lower() not in TABLE_SUFFIXES:
+        from .images import read_image_folder
+
+        return read_image_folder(path)
+    return read_examples(path, text_column, label_column)
 
 
 def load_splits(cfg, seed: int) -> Splits:
     """Read the data that `cfg` (a DataConfig) names and split it into train / validation / test."""
+    builtin_test = None
     if cfg.name in assets.DATASETS:
-        pool = read_builtin(cfg.name)
-    elif Path(cfg.name).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json") or Path(cfg.name).exists():
-        pool = read_examples(cfg.name, cfg.text_column, cfg.label_column)
+        pool, builtin_test = read_builtin(cfg.name), read_builtin_test(cfg.name)
+        modality = assets.DATASETS[cfg.name].modality
+    elif Path(cfg.name).suffix.lower() in TABLE_SUFFIXES or Path(cfg.name).exists():
+        pool = read_labelled(cfg.name, cfg.text_column, cfg.label_column)
+        modality = "image" if Path(cfg.name).is_dir() else "text"
     else:
         known = ", ".join(assets.DATASETS)
-        raise UserError(f"dataset '{cfg.name}' is neither a built-in name ({known}) nor a CSV / JSONL file; check the name")
+        raise UserError(
+            f"dataset '{cfg.name}' is neither a built-in name ({known}) nor a CSV / JSONL file or image folder; check the name"
+        )
 
-    read = lambda p: read_examples(p, cfg.text_column, cfg.label_column)  # noqa: E731
+    read = lambda p: read_labelled(p, cfg.text_column, cfg.label_column)  # noqa: E731
     validation = read(cfg.validation) if cfg.validation else None
-    test = read(cfg.test) if cfg.test else None
+    test = read(cfg.test) if cfg.test else builtin_test
+    skipped = [path for examples in (pool, validation, test) if examples is not None for path in examples.skipped]
     fractions = {}
     if test is None:
         fractions["test"] = cfg.test_fraction
@@ -45,6 +67,11 @@ def load_splits(cfg, seed: int) -> Splits:
 
     if cfg.train_size is not None:
         train = train.subset(stratified_subset(train.labels, cfg.train_size, seed))
+    # Held-out subsets with a fixed seed: runs with different train.seed compare on the same images.
+    if cfg.validation_size is not None:
+        validation = validation.subset(stratified_subset(validation.labels, cfg.validation_size, 0, "data.validation_size"))
+    if cfg.test_size is not None:
+        test = test.subset(stratified_subset(test.labels, cfg.test_size, 0, "data.test_size"))
     label_names = sort_labels(set(train.labels))
     for split_name, split in (("validation", validation), ("test", test)):
         unseen = sorted(set(split.labels) - set(label_names))
@@ -55,7 +82,7 @@ def load_splits(cfg, seed: int) -> Splits:
             )
     if len(label_names) < 2:
         raise UserError(f"the training data has a single label ('{label_names[0]}'); a classifier needs at least two")
-    return Splits(train, validation, test, label_names)
+    return Splits(train, validation, test, label_names, modality, skipped)
 
 
 def stratified_split(labels: list[str], fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
@@ -80,13 +107,13 @@ def stratified_split(labels: list[str], fractions: dict[str, float], seed: int) 
     return {name: sorted(part) for name, part in parts.items()}
 
 
-def stratified_subset(labels: list[str], size: int, seed: int) -> list[int]:
+def stratified_subset(labels: list[str], size: int, seed: int, key: str = "data.train_size") -> list[int]:
     """A seeded subset of `size` indices with the classes in their original proportions."""
     if size >= len(labels):
         return list(range(len(labels)))
     by_class = _shuffled_by_class(labels, random.Random(seed))
     if size < len(by_class):
-        raise UserError(f"data.train_size={size} is smaller than the number of classes ({len(by_class)}); raise it")
+        raise UserError(f"{key}={size} is smaller than the number of classes ({len(by_class)}); raise it")
     quota = {c: max(1, round(len(idx) * size / len(labels))) for c, idx in by_class.items()}
     while sum(quota.values()) > size:  # rounding went over: trim the class with the largest quota
         quota[max(quota, key=lambda c: quota[c])] -= 1

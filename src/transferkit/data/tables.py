@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import assets
@@ -16,7 +16,9 @@ class Examples:
     """Parallel lists of inputs (texts, image files, arrays) and their labels (as strings)."""
 
     inputs: list
-    labels: list[str]
+    labels: list[str] | None
+    skipped: list[str] = field(default_factory=list)
+    """Files found beside the data but not read (not images), to report."""
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -92,6 +94,15 @@ def read_texts(path: str | Path, text_column: str) -> list[str]:
     return ["" if row.get(text_column) is None else str(row[text_column]) for row in rows]
 
 
+def read_builtin_test(name: str) -> Examples | None:
+    """The official test split of a built-in dataset that has one (None: split it off)."""
+    if name == "fashion-mnist":
+        from .images import read_fashion_mnist
+
+        return read_fashion_mnist(assets.DATASETS[name].path(), "t10k")
+    return None
+
+
 def read_builtin(name: str) -> Examples:
     """One of the built-in datasets, as a single pool of examples (split later)."""
     root = assets.DATASETS[name].path()
@@ -101,4 +112,8 @@ def read_builtin(name: str) -> Examples:
         return Examples([p.read_text(encoding="utf-8", errors="replace") for p in files], [p.parent.name for p in files])
     if name == "tweet-sentiment":
         return read_examples(root, text_column="text", label_column="sentiment")
+    if name == "fashion-mnist":
+        from .images import read_fashion_mnist
+
+        return read_fashion_mnist(root, "train")
     raise AssertionError(f"no reader for built-in dataset {name}")

@@ -55,7 +55,7 @@ def wrap_with_peft(make_config: Callable) -> Callable[[nn.Module], None]:
     return apply
 
 
-from . import freeze, full, lora, prompt, staged  # noqa: E402  (the modules use Stage)
+from . import freeze, full, lora, prompt, scratch, staged  # noqa: E402  (the modules use Stage)
 
 METHODS = {
     "full": full,
@@ -63,4 +63,5 @@ METHODS = {
     "lora": lora,
     "prompt": prompt,
     "staged": staged,
+    "scratch": scratch,
 }

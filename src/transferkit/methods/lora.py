@@ -30,7 +30,8 @@ class Config:
     dropout: float = 0.0
     """Dropout on the adapter's input. Off by default: on a CPU it costs about a third of the step time."""
     targets: list[str] | None = None
-    """Module names to adapt. Empty: every linear layer of attention and MLP ("all-linear")."""
+    """Module names to adapt. Empty: the model's default (text: every linear layer of attention and MLP;
+    EfficientNet: the 1x1 convolutions)."""
 
     def __post_init__(self):
         if self.r < 1:
@@ -45,7 +46,7 @@ def peft_config(cfg: Config, model) -> LoraConfig:
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=cfg.targets or "all-linear",
+        target_modules=cfg.targets or model.lora_targets,
         modules_to_save=list(model.head.modules),
     )
 

@@ -31,6 +31,8 @@ class Config:
 
 
 def peft_config(cfg: Config, model) -> PromptTuningConfig:
+    if model.modality != "text":
+        raise UserError(f"regime prompt prepends soft tokens to a text model; for {model.modality}s use freeze, staged, lora, full or scratch")
     return PromptTuningConfig(
         task_type=model.peft_task_type,
         num_virtual_tokens=cfg.num_virtual_tokens,

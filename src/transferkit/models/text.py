@@ -67,6 +67,8 @@ class TextClassifier(nn.Module):
     """
 
     peft_task_type = TaskType.SEQ_CLS
+    modality = "text"
+    lora_targets = "all-linear"  # every linear layer of attention and MLP
 
     def __init__(self, hf: nn.Module, tokenizer, max_length: int = 512):
         super().__init__()

@@ -8,7 +8,8 @@ import re
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-_LAYER = re.compile(r"\.(?:layer|layers|blocks|h)\.(\d+)\.")
+# Transformer layers (encoder.layer.3.) and CNN blocks (EfficientNet's _blocks.3., blocks.3.).
+_LAYER = re.compile(r"[._](?:layer|layers|blocks|h)\.(\d+)\.")
 
 
 def layer_depth(name: str, num_layers: int) -> int:
@@ -16,7 +17,7 @@ def layer_depth(name: str, num_layers: int) -> int:
     match = _LAYER.search(name)
     if match:
         return int(match.group(1)) + 1
-    if "embed" in name:
+    if "embed" in name or "stem" in name:
         return 0
     return num_layers + 1
 

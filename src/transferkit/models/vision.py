@@ -1,0 +1,276 @@
+"""Image classifiers: a CNN backbone with a backbone/head split (timm's forward_features / forward_head).
+
+Networks come from `ARCHITECTURES` (name -> builder); each offers forward_features, forward_head,
+reset_classifier, and says which modules form its head, where LoRA goes and how inputs are
+normalised. A saved model is a folder with `model.safetensors` (the network's own parameter
+names) and `vision.json` (architecture, labels, input size, normalisation).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import assets
+from ..data.images import ImageItems, random_resized_crop, resize_center_crop, to_tensor
+from ..errors import UserError
+from .text import Head
+
+CONFIG_FILE = "vision.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+CROP_FRACTION = 0.875  # evaluation: resize to size / 0.875, keep the central size x size (as for ImageNet)
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU blocks, each halving the resolution, then global average pooling and a linear layer.
+
+    Small enough to train from scratch on a CPU; the tests use it as a stand-in backbone.
+    """
+
+    head_modules = ("classifier",)
+    lora_targets = ("conv",)
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64)):
+        super().__init__()
+        blocks, channels = [], 3
+        for width in widths:
+            blocks.append(nn.Sequential(OrderedDict(
+                conv=nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                norm=nn.BatchNorm2d(width),
+                act=nn.ReLU(),
+                pool=nn.MaxPool2d(2),
+            )))  # fmt: skip
+            channels = width
+        self.blocks = nn.Sequential(*blocks)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    @classmethod
+    def build(cls, num_classes: int, image_size: int, widths: list[int] = (16, 32, 64)) -> SmallCNN:
+        return cls(num_classes, tuple(widths))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x).mean((2, 3))  # (B, C)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier = nn.Linear(self.classifier.in_features, num_classes)
+
+
+def _efficientnet_lite0(num_classes: int, image_size: int) -> nn.Module:
+    try:
+        from .efficientnet import EfficientNetLite
+    except ImportError:
+        raise UserError(f"efficientnet-lite0 needs its code package; install it with: {assets.MODELS['efficientnet-lite0'].install}") from None
+    return EfficientNetLite.build(num_classes, image_size, "efficientnet-lite0")
+
+
+# Architecture name -> builder(num_classes, image_size, **arguments). A plain dict that grep finds.
+ARCHITECTURES = {
+    "efficientnet-lite0": _efficientnet_lite0,
+    "small-cnn": SmallCNN.build,
+}
+
+
+@dataclass
+class ImageConfig:
+    """What `vision.json` holds: enough to rebuild the network and its input pipeline."""
+
+    architecture: str
+    labels: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    crop_fraction: float = CROP_FRACTION
+    arguments: dict = field(default_factory=dict)
+    """Keyword arguments of the architecture's builder (e.g. small-cnn widths)."""
+
+
+class ImageClassifier(nn.Module):
+    """A CNN with `forward_features` (backbone) and `forward_head` (task head); the same face as TextClassifier."""
+
+    peft_task_type = None  # peft wraps the network as a plain module
+    modality = "image"
+    pad_id = 0  # images are never padded
+
+    def __init__(self, net: nn.Module, config: ImageConfig):
+        super().__init__()
+        self.net = net
+        self.config = config
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.config.labels
+
+    @property
+    def head(self) -> Head:
+        return Head(tuple(self.net.head_modules), lambda net, features: net.forward_head(features))
+
+    @property
+    def lora_targets(self) -> list[str]:
+        return list(self.net.lora_targets)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values)  # (B, num_labels)
+
+    def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(pixel_values)  # (B, C)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(features)
+
+    def head_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [
+            (name, p)
+            for name, p in self.net.named_parameters()
+            if any(name == m or name.startswith(m + ".") for m in self.head.modules)
+        ]
+
+    def train(self, mode: bool = True) -> ImageClassifier:
+        """Train mode, except batch norm whose weights are frozen: it keeps its pre-trained statistics.
+
+        Without this a frozen backbone (LoRA, a frozen part) would still move its running
+        means to the new data's, and normalise training batches by batch statistics.
+        """
+        super().train(mode)
+        for module in self.modules():
+            params = list(module.parameters(recurse=False))
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+                module.eval()
+        return self
+
+    def encode(self, examples, train: bool = False) -> ImageItems:
+        """Loader items made on access: a random crop and flip for training, the center crop otherwise."""
+        c = self.config
+        if train:
+            rng = random.Random(torch.initial_seed())  # the run's seed: same seed, same crops
+            view = lambda img: random_resized_crop(img, c.image_size, rng)  # noqa: E731
+        else:
+            view = lambda img: resize_center_crop(img, c.image_size, c.crop_fraction)  # noqa: E731
+        labels = None
+        if examples.labels is not None:
+            index = {name: i for i, name in enumerate(self.label_names)}
+            labels = [index[y] for y in examples.labels]
+        return ImageItems(list(examples.inputs), labels, lambda img: to_tensor(view(img), c.mean, c.std))
+
+    def add_adapter(self, peft_config) -> None:
+        from peft import get_peft_model
+
+        self.net = get_peft_model(self.net, peft_config)
+
+    def reinitialize(self) -> None:
+        """Random weights in the same architecture (PyTorch's default initialisation, fresh norm statistics)."""
+        for module in self.net.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    def save(self, folder: Path) -> None:
+        """model.safetensors + vision.json. LoRA updates are merged in: the folder is a plain network."""
+        from peft import PeftModel
+        from safetensors.torch import save_file
+
+        net = copy.deepcopy(self.net).merge_and_unload() if isinstance(self.net, PeftModel) else self.net
+        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, folder / WEIGHTS_FILE)
+        (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
+
+
+def is_image_model(cfg) -> bool:
+    """Whether the ModelConfig `cfg` names an image model (built-in, saved folder or weights file)."""
+    name = cfg.name
+    if name in assets.MODELS:
+        return assets.MODELS[name].modality == "image"
+    path = Path(name).expanduser()
+    return cfg.architecture is not None or (path / CONFIG_FILE).is_file() or path.suffix.lower() in WEIGHTS_SUFFIXES
+
+
+def load_image_classifier(name: str, label_names: list[str], image_size: int, architecture: str | None = None) -> ImageClassifier:
+    """A pre-trained network (built-in name, saved folder or weights file) with a head for `label_names`.
+
+    A head whose size already fits (a folder fine-tuned earlier on as many labels) is kept.
+    """
+    arguments = {}
+    if name in assets.MODELS:
+        architecture, weights = name, assets.MODELS[name].path()
+    elif (Path(name) / CONFIG_FILE).is_file():
+        saved = read_config(Path(name))
+        architecture, arguments, weights = saved.architecture, saved.arguments, Path(name) / WEIGHTS_FILE
+    else:
+        weights = Path(name).expanduser()
+        if not weights.is_file():
+            raise UserError(f"weights file '{name}' does not exist; check the path")
+        if architecture is None:
+            raise UserError(f"weights file '{name}' needs model.architecture (one of: {', '.join(ARCHITECTURES)})")
+    net = build_network(architecture, len(label_names), image_size, arguments)
+    load_weights(net, read_weights(weights), weights)
+    config = ImageConfig(architecture, list(label_names), image_size, list(net.mean), list(net.std), arguments=arguments)
+    return ImageClassifier(net, config)
+
+
+def load_saved_image_classifier(folder: Path) -> ImageClassifier:
+    """A classifier saved by `transferkit train`, in eval mode."""
+    config = read_config(folder)
+    net = build_network(config.architecture, len(config.labels), config.image_size, config.arguments)
+    load_weights(net, read_weights(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE, strict=True)
+    return ImageClassifier(net, config).eval()
+
+
+def read_config(folder: Path) -> ImageConfig:
+    try:
+        return ImageConfig(**json.loads((folder / CONFIG_FILE).read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise UserError(f"'{folder / CONFIG_FILE}' is not a transferkit image model config ({e}); re-save the model") from None
+
+
+def build_network(architecture: str, num_classes: int, image_size: int, arguments: dict | None = None) -> nn.Module:
+    if architecture not in ARCHITECTURES:
+        raise UserError(f"unknown architecture '{architecture}'; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[architecture](num_classes, image_size, **(arguments or {}))
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors, or from a torch file loaded without running pickled code."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt files raise many types; all mean the same to the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read weights file '{path}' ({first}); pass a .safetensors or a torch state-dict file") from None
+    for key in ("state_dict", "model"):  # training checkpoints often wrap the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"weights file '{path}' holds no state dict (name -> tensor)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(net: nn.Module, state: dict[str, torch.Tensor], path: Path, strict: bool = False) -> None:
+    """Load `state` into `net`; unless strict, head tensors of another size stay freshly initialised."""
+    own = net.state_dict()
+    head = lambda key: any(key.startswith(m + ".") for m in net.head_modules)  # noqa: E731
+    if not strict:
+        state = {k: v for k, v in state.items() if not (head(k) and k in own and own[k].shape != v.shape)}
+    missing = [k for k in own if k not in state and not (head(k) and not strict)]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what}: {', '.join(keys[:3])}" for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong)) if keys)
+        raise UserError(f"weights file '{path}' does not fit the architecture ({detail}); check model.architecture")
+    net.load_state_dict(state, strict=False)
