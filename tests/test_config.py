@@ -17,7 +17,8 @@ def test_example_configs_load_and_say_how_to_run(path):
     cfg = load_config(path)
     assert cfg.regime in METHODS
     head = path.read_text().splitlines()
-    assert head[0].startswith("# ") and any(f"transferkit train configs/{path.parent.name}/{path.name}" in l for l in head[:4])
+    command = f"configs/{path.parent.name}/{path.name}"
+    assert head[0].startswith("# ") and any(f"transferkit train {command}" in l or f"transferkit compare {command}" in l for l in head[:4])
 
 
 def test_overrides_beat_the_file_and_coerce_types(tmp_path):

@@ -16,6 +16,10 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / "metrics.json").is_file()
 
 
+def is_finished_comparison(folder: Path) -> bool:
+    return (folder / "compare.json").is_file()
+
+
 def start_staging(run_dir: Path) -> Path:
     """An empty folder beside the run folder where the run is built until it finishes.
 

@@ -32,6 +32,9 @@ EXAMPLES = {
   transferkit predict runs/photos --input new-photos/ --output predictions.csv   # ... or a folder""",
     "models": "example:\n  transferkit models            # then: transferkit train --model minilm-l6 ...",
     "datasets": "example:\n  transferkit datasets          # then: transferkit train --data bbc-news ...",
+    "compare": """examples:
+  transferkit compare configs/bbc-news/compare.yaml --regimes full,freeze,lora,prompt,staged,scratch
+  transferkit compare --model minilm-l6 --data reviews.csv --train-sizes 32,128,512,all --seeds 3""",
     "plan": """examples:
   transferkit plan --model minilm-l6                         # full, freeze, lora and prompt side by side
   transferkit plan --model ./Llama-3-8B --regime lora --precision bf16 --batch 4 --seq 2048 --gpu-memory 24GiB
@@ -268,6 +271,43 @@ def _predict_images(args, model) -> None:
     print(f"wrote {len(rows)} predictions to {args.output} (columns path, predicted_label, probability){note}")
 
 
+def cmd_compare(args) -> None:
+    from .compare import compare, text_table
+    from .config import load_config
+
+    config_path, overrides = _split_config_args(args.config_and_overrides)
+    flags = {"model.name": args.model, "data.name": args.data, "data.text_column": args.text_column,
+             "data.label_column": args.label_column}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + overrides
+    if args.overwrite:
+        overrides.append("overwrite=true")
+    base = load_config(config_path, overrides)
+    sizes = [None if s.strip() == "all" else _positive_int(s, "--train-sizes") for s in args.train_sizes.split(",")]
+    seeds = list(range(_positive_int(args.seeds, "--seeds")))
+
+    def on_run(i: int, n: int, row: dict) -> None:
+        where = f"[{i}/{n}] {row['regime']:<8} train size {row['train_size']!s:<5} seed {row['seed']}"
+        if "accuracy" in row:
+            print(f"{where}  accuracy {row['accuracy']:.4f}  {row['seconds']:.0f} s  peak {row['peak_memory_mb']:.0f} MB", flush=True)
+        else:
+            print(f"{where}  running ...", flush=True)
+
+    result = compare(base, [r.strip() for r in args.regimes.split(",")], sizes, seeds, args.output, on_run)
+    print()
+    print(text_table(result.summary))
+    print(f"\ntable: {result.dir / 'compare.md'}  data: {result.dir / 'compare.json'}  report: {result.dir / 'report.html'}")
+
+
+def _positive_int(text: str, flag: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"{flag} takes positive whole numbers (got '{text}')")
+    return value
+
+
 def cmd_models(args) -> None:
     from .assets import MODELS
 
@@ -284,6 +324,7 @@ COMMANDS = {
     "train": (cmd_train, "fine-tune a pre-trained model on your data"),
     "evaluate": (cmd_evaluate, "metrics of a finished run, on its test split or on new labelled data"),
     "predict": (cmd_predict, "label new texts with a finished run's model"),
+    "compare": (cmd_compare, "run several regimes on the same data and split, and measure what each costs and gives"),
     "plan": (cmd_plan, "memory of each regime from the model's config alone, and which regime suits your data"),
     "models": (cmd_models, "list the built-in models and whether each is installed"),
     "datasets": (cmd_datasets, "list the built-in datasets and whether each is installed"),
@@ -324,6 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="run folder (default: runs/<data>-<regime>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run folder that already holds a finished run")
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped inside the model folder")
+
+    p = parsers["compare"]
+    p.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG.yaml] [section.key=value ...]",
+                   help="the base configuration every regime shares, then overrides")
+    p.add_argument("--regimes", default="full,freeze,lora,prompt,staged,scratch", help="comma-separated regimes (default: all)")
+    p.add_argument("--train-sizes", default="all", help="comma-separated training-set sizes, 'all' for the whole split (default: all)")
+    p.add_argument("--seeds", default="1", help="runs per regime and size, with seeds 0, 1, ... (default: 1)")
+    p.add_argument("--model", help="built-in model name or a local model folder")
+    p.add_argument("--data", help="built-in dataset name or a data file / image folder")
+    p.add_argument("--text-column", help="column with the input text (default: text)")
+    p.add_argument("--label-column", help="column with the label (default: label)")
+    p.add_argument("--output", help="folder for the runs, the table and the report (default: runs/compare-<data>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished comparison in that folder")
 
     p = parsers["evaluate"]
     p.add_argument("run", help="a run folder written by 'transferkit train'")

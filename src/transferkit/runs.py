@@ -194,6 +194,9 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
         **summary,
     }
     checkpoint.write_text(staging / "metrics.json", json.dumps(metrics, indent=2))
+    from .report.html import run_report
+
+    checkpoint.write_text(staging / "report.html", run_report(staging))
     return metrics
 
 

@@ -1,0 +1,143 @@
+"""Compare regimes side by side: the same data and split, one run per regime (and train size,
+and seed), each measured for what it costs and what it gives.
+
+Each run happens in a fresh child process, so its peak memory is its own and no run warms
+another's caches.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import resource
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import checkpoint
+from .config import RunConfig, load_config
+from .errors import UserError
+from .methods import METHODS
+
+
+@dataclass
+class Comparison:
+    """The measured table of a comparison and where its files are."""
+
+    dir: Path
+    rows: list[dict] = field(default_factory=list)
+    """One row per run: regime, train_size, seed, cost and quality figures."""
+    summary: list[dict] = field(default_factory=list)
+    """One row per (regime, train size): medians over seeds, with the spread of the metric."""
+
+
+def compare(
+    base: RunConfig,
+    regimes: list[str],
+    train_sizes: list[int | None] = (None,),
+    seeds: list[int] = (0,),
+    output: str | Path | None = None,
+    on_run: Callable[[int, int, dict], None] = lambda i, n, row: None,
+) -> Comparison:
+    """Run every regime x train size x seed on `base`'s model and data; write the table and report.
+
+    `on_run(i, n, row)` is called before each run (row without results) and after it (with them).
+    """
+    unknown = [r for r in regimes if r not in METHODS]
+    if unknown:
+        raise UserError(f"unknown regime '{unknown[0]}'; choose from: {', '.join(METHODS)}")
+    out = Path(output or Path("runs") / f"compare-{Path(base.data.name).stem}")
+    if checkpoint.is_finished_comparison(out) and not base.overwrite:
+        raise UserError(f"'{out}' already holds a finished comparison; pass --overwrite or choose another --output")
+    plans = [(r, n, s) for n in train_sizes for r in regimes for s in seeds]
+    configs = [_run_config(base, out, regime, size, seed) for regime, size, seed in plans]  # checks every config first
+    out.mkdir(parents=True, exist_ok=True)
+    result = Comparison(out)
+    for i, ((regime, size, seed), cfg) in enumerate(zip(plans, configs), start=1):
+        row = {"regime": regime, "train_size": size or "all", "seed": seed, "run": str(cfg.run_dir)}
+        on_run(i, len(plans), row)
+        row.update(_measure(cfg))
+        result.rows.append(row)
+        on_run(i, len(plans), row)
+    result.summary = summarise(result.rows)
+    checkpoint.write_text(out / "compare.md", markdown_table(result.summary))
+    from .report.html import comparison_report
+
+    checkpoint.write_text(out / "report.html", comparison_report(result, base))
+    checkpoint.write_text(out / "compare.json", json.dumps({"rows": result.rows, "summary": result.summary}, indent=2))
+    return result
+
+
+def _run_config(base: RunConfig, out: Path, regime: str, size: int | None, seed: int) -> RunConfig:
+    name = f"{regime}-n{size or 'all'}-seed{seed}"
+    overrides = {"regime": regime, "data.train_size": size, "train.seed": seed, "output": str(out / name), "overwrite": True}
+    return load_config(base, overrides)
+
+
+def _measure(cfg: RunConfig) -> dict:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        metrics = pool.apply(_train_in_child, (cfg,))
+    return {
+        "accuracy": metrics["test"]["accuracy"],
+        "macro_f1": metrics["test"]["macro_f1"],
+        "trained_examples": metrics["data"]["train"],
+        "parameters_trained": metrics["parameters"]["trainable"],
+        "parameters_trained_percent": metrics["parameters"]["trainable_percent"],
+        "peak_memory_mb": metrics["peak_rss_mb"],
+        "seconds": metrics["train_seconds"],
+        "examples_per_second": metrics["data"]["train"] * sum(s["epochs"] for s in metrics["stages"]) / metrics["train_seconds"],
+        "artefact_mb": metrics["model_size_mb"],
+    }
+
+
+def _train_in_child(cfg: RunConfig) -> dict:
+    from .runs import train
+
+    metrics = train(cfg).metrics
+    metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return metrics
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Medians over seeds per (regime, train size); the metric's standard deviation as its spread."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["regime"], row["train_size"]), []).append(row)
+    summary = []
+    for (regime, size), runs in groups.items():
+        accuracies = [r["accuracy"] for r in runs]
+        numeric = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and k not in ("seed", "train_size")]
+        entry = {"regime": regime, "train_size": size, "seeds": len(runs)}
+        entry.update({k: statistics.median(r[k] for r in runs) for k in numeric})
+        entry["accuracy_std"] = statistics.stdev(accuracies) if len(runs) > 1 else 0.0
+        summary.append(entry)
+    return summary
+
+
+COLUMNS = [
+    ("regime", "regime", "{}"),
+    ("train_size", "train size", "{}"),
+    ("parameters_trained", "params trained", "{:,.0f}"),
+    ("parameters_trained_percent", "% trained", "{:.2f}"),
+    ("peak_memory_mb", "peak MB", "{:,.0f}"),
+    ("seconds", "time s", "{:.1f}"),
+    ("examples_per_second", "examples/s", "{:.1f}"),
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("accuracy_std", "± (seeds)", "{:.4f}"),
+    ("macro_f1", "macro-F1", "{:.4f}"),
+    ("artefact_mb", "artefact MB", "{:.1f}"),
+]
+
+
+def markdown_table(summary: list[dict]) -> str:
+    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in summary:
+        lines.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def text_table(summary: list[dict]) -> str:
+    cells = [[title for _, title, _ in COLUMNS]] + [[fmt.format(row[key]) for key, _, fmt in COLUMNS] for row in summary]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells)

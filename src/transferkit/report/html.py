@@ -1,0 +1,167 @@
+"""Self-contained HTML reports (plots embedded as PNG data, so a report opens offline anywhere).
+
+A script at the end of each page counts the plots that decoded and writes the count into
+`<body data-plots-rendered="n/total">`, which the browser test reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: draw into memory
+import matplotlib.pyplot as plt  # noqa: E402
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:0.5em 0}
+.plots{display:grid;grid-template-columns:1fr 1fr;gap:1em}pre{background:#f7f7f7;padding:1em;overflow:auto}"""
+
+CHECK = """<script>
+window.addEventListener('load', () => {
+  const images = [...document.querySelectorAll('img.plot')];
+  const ok = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.plotsRendered = ok + '/' + images.length;
+});
+</script>"""
+
+
+def page(title: str, sections: list[str]) -> str:
+    body = "\n".join(sections)
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n{body}\n{CHECK}</body></html>"
+    )
+
+
+def figure_tag(fig, alt: str) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f"<img class='plot' alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def learning_curves(records: list[dict], title: str):
+    """Training loss per step and validation accuracy where it was measured, stage by stage."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.2))
+    offset = 0
+    for stage in dict.fromkeys(r["stage"] for r in records):
+        rows = [r for r in records if r["stage"] == stage]
+        loss_ax.plot([offset + r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8, label=stage)
+        val = [r for r in rows if "val_accuracy" in r]
+        acc_ax.plot([offset + r["step"] for r in val], [r["val_accuracy"] for r in val], marker="o", ms=3, label=stage)
+        offset += rows[-1]["step"]
+    loss_ax.set(title=f"{title}: training loss", xlabel="optimizer step", yscale="log")
+    acc_ax.set(title="validation accuracy", xlabel="optimizer step")
+    for ax in (loss_ax, acc_ax):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def confusion_figure(matrix: list[list[int]], labels: list[str], title: str):
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(labels), 1 + 0.5 * len(labels)))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    top = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, value, ha="center", va="center", color="white" if value > top / 2 else "black", fontsize=8)
+    return fig
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def run_report(run_dir: Path) -> str:
+    """One run: its test metrics, learning curves, confusion matrix and config."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = metrics["test"]
+    summary = table(
+        ["regime", "test accuracy", "macro-F1", "parameters trained", "train time s", "peak memory MB", "model MB"],
+        [[metrics["regime"], f"{test['accuracy']:.4f}", f"{test['macro_f1']:.4f}", f"{metrics['parameters']['trainable']:,}",
+          f"{metrics['train_seconds']:.1f}", f"{metrics['peak_rss_mb']:.0f}", f"{metrics['model_size_mb']:.1f}"]],
+    )
+    per_class = table(["class", "precision", "recall", "F1", "support"],
+                      [[n, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]] for n, m in test["per_class"].items()])
+    records = read_log(run_dir)
+    plots = [figure_tag(learning_curves(records, metrics["regime"]), "learning curves")] if records else []
+    plots.append(figure_tag(confusion_figure(test["confusion_matrix"], metrics["labels"], "test confusion matrix"), "confusion matrix"))
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    return page(f"transferkit run: {metrics['regime']} on {metrics['data']['name']}", [
+        "<h2>Result</h2>", summary, per_class, "<h2>Training</h2>", *plots,
+        "<h2>Configuration</h2>", f"<pre>{html.escape(config)}</pre>",
+    ])
+
+
+def comparison_report(comparison, base) -> str:
+    """Regimes side by side: the table, cost against quality, accuracy against labels, curves."""
+    from ..compare import COLUMNS
+
+    summary = comparison.summary
+    rows = [[fmt.format(row[key]) for key, _, fmt in COLUMNS] for row in summary]
+    sizes = sorted({r["train_size"] for r in summary}, key=lambda s: float("inf") if s == "all" else s)
+    largest = [r for r in summary if r["train_size"] == sizes[-1]]
+    plots = [figure_tag(cost_quality_figure(largest), "cost against quality")]
+    if len(sizes) > 1:
+        plots.append(figure_tag(accuracy_by_size_figure(comparison.rows, sizes), "accuracy against number of labels"))
+    for row in comparison.rows:
+        if row["train_size"] == sizes[-1] and row["seed"] == comparison.rows[0]["seed"]:
+            records = read_log(Path(row["run"]))
+            if records:
+                plots.append(figure_tag(learning_curves(records, row["regime"]), f"learning curves {row['regime']}"))
+    best = max((r for r in comparison.rows if r["train_size"] == sizes[-1]), key=lambda r: r["accuracy"])
+    best_metrics = json.loads((Path(best["run"]) / "metrics.json").read_text())
+    plots.append(figure_tag(confusion_figure(best_metrics["test"]["confusion_matrix"], best_metrics["labels"],
+                                             f"test confusion matrix: {best['regime']}"), "confusion matrix"))
+    import yaml
+
+    return page(f"transferkit comparison: {base.model.name} on {base.data.name}", [
+        "<h2>Regimes side by side</h2>", table([title for _, title, _ in COLUMNS], rows),
+        "<p>Medians over seeds; ± is the standard deviation of accuracy over seeds. Peak memory is the peak resident "
+        "memory of the run's own process (on a GPU: peak allocated).</p>",
+        "<h2>Plots</h2>", "<div class='plots'>", *plots, "</div>",
+        "<h2>Base configuration</h2>", f"<pre>{html.escape(yaml.safe_dump(base.to_dict(), sort_keys=False))}</pre>",
+    ])
+
+
+def cost_quality_figure(rows: list[dict]):
+    regimes = [r["regime"] for r in rows]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    panels = [("accuracy", "test accuracy", False), ("seconds", "train time (s)", False),
+              ("peak_memory_mb", "peak memory (MB)", False), ("parameters_trained", "parameters trained", True)]
+    for ax, (key, title, log) in zip(axes, panels):
+        ax.bar(regimes, [r[key] for r in rows], color="#4c72b0")
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=45)
+        if log:
+            ax.set_yscale("log")
+    return fig
+
+
+def accuracy_by_size_figure(rows: list[dict], sizes: list):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for regime in dict.fromkeys(r["regime"] for r in rows):
+        points = [(r["trained_examples"], r["accuracy"]) for r in rows if r["regime"] == regime]
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=regime)
+    ax.set(xscale="log", xlabel="labelled training examples", ylabel="test accuracy", title="accuracy against number of labels")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
