@@ -47,6 +47,7 @@ EXAMPLES = {
 
 def cmd_train(args) -> None:
     from .config import load_config
+    from .report.text import BarProgress
     from .runs import train
 
     config_path, overrides = _split_config_args(args.config_and_overrides)
@@ -69,7 +70,7 @@ def cmd_train(args) -> None:
     if args.trust_remote_code:
         flag_overrides.append("model.trust_remote_code=true")
     cfg = load_config(config_path, flag_overrides + overrides)
-    run = train(cfg, progress=_BarProgress())
+    run = train(cfg, progress=BarProgress())
     test = run.metrics["test"]
     print(
         f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  "
@@ -94,6 +95,8 @@ def cmd_evaluate(args) -> None:
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
+        from .report.text import format_metrics
+
         print(format_metrics(metrics))
 
 
@@ -287,7 +290,9 @@ def cmd_compare(args) -> None:
 
     def on_run(i: int, n: int, row: dict) -> None:
         where = f"[{i}/{n}] {row['regime']:<8} train size {row['train_size']!s:<5} seed {row['seed']}"
-        if "accuracy" in row:
+        if "error" in row:
+            print(f"{where}  failed: {row['error']}", flush=True)
+        elif "accuracy" in row:
             print(f"{where}  accuracy {row['accuracy']:.4f}  {row['seconds']:.0f} s  peak {row['peak_memory_mb']:.0f} MB", flush=True)
         else:
             print(f"{where}  running ...", flush=True)
@@ -435,40 +440,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
-
-
-def format_metrics(metrics: dict) -> str:
-    """Accuracy, macro-F1, a per-class table and the confusion matrix as text."""
-    lines = [f"accuracy  {metrics['accuracy']:.4f}", f"macro-F1  {metrics['macro_f1']:.4f}", f"examples  {metrics['examples']}", ""]
-    names = list(metrics["per_class"])
-    width = max(len(n) for n in names + ["class"])
-    lines.append(f"{'class':<{width}}  precision  recall     f1  support")
-    for name, m in metrics["per_class"].items():
-        lines.append(f"{name:<{width}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:.4f}  {m['support']:7d}")
-    lines += ["", "confusion matrix (rows: true, columns: predicted)"]
-    cell = max(5, max(len(str(v)) for row in metrics["confusion_matrix"] for v in row) + 1)
-    lines.append(" " * width + "".join(f"{n[:cell - 1]:>{cell}}" for n in names))
-    for name, row in zip(names, metrics["confusion_matrix"]):
-        lines.append(f"{name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
-    return "\n".join(lines)
-
-
-class _BarProgress:
-    """A tqdm bar per training stage, with the loss and the last validation accuracy."""
-
-    def start(self, name: str, total_steps: int) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total_steps, desc=name, unit="step", dynamic_ncols=True, file=sys.stderr)
-        self.values = {}
-
-    def step(self, **values) -> None:
-        self.values.update({k: f"{v:.4f}" for k, v in values.items()})
-        self.bar.set_postfix(self.values, refresh=False)
-        self.bar.update(1)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:

@@ -57,11 +57,16 @@ def compare(
     for i, ((regime, size, seed), cfg) in enumerate(zip(plans, configs), start=1):
         row = {"regime": regime, "train_size": size or "all", "seed": seed, "run": str(cfg.run_dir)}
         on_run(i, len(plans), row)
-        row.update(_measure(cfg))
+        try:
+            row.update(_measure(cfg))
+        except UserError as e:  # one regime failing (a NaN loss, say) should not lose the others
+            row["error"] = str(e)
         result.rows.append(row)
         on_run(i, len(plans), row)
-    result.summary = summarise(result.rows)
-    checkpoint.write_text(out / "compare.md", markdown_table(result.summary))
+    if all("error" in row for row in result.rows):
+        raise UserError(f"every run failed; the first said: {result.rows[0]['error']}")
+    result.summary = summarise([row for row in result.rows if "error" not in row])
+    checkpoint.write_text(out / "compare.md", markdown_table(result.summary, [r for r in result.rows if "error" in r]))
     from .report.html import comparison_report
 
     checkpoint.write_text(out / "report.html", comparison_report(result, base))
@@ -130,10 +135,11 @@ COLUMNS = [
 ]
 
 
-def markdown_table(summary: list[dict]) -> str:
+def markdown_table(summary: list[dict], failed: list[dict] = ()) -> str:
     lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in summary:
         lines.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |")
+    lines += [f"\nfailed: {row['regime']} (train size {row['train_size']}, seed {row['seed']}): {row['error']}" for row in failed]
     return "\n".join(lines) + "\n"
 
 

@@ -120,13 +120,14 @@ def comparison_report(comparison, base) -> str:
     largest = [r for r in summary if r["train_size"] == sizes[-1]]
     plots = [figure_tag(cost_quality_figure(largest), "cost against quality")]
     if len(sizes) > 1:
-        plots.append(figure_tag(accuracy_by_size_figure(comparison.rows, sizes), "accuracy against number of labels"))
+        plots.append(figure_tag(accuracy_by_size_figure(comparison.summary), "accuracy against number of labels"))
     for row in comparison.rows:
-        if row["train_size"] == sizes[-1] and row["seed"] == comparison.rows[0]["seed"]:
+        if "error" not in row and row["train_size"] == sizes[-1] and row["seed"] == comparison.rows[0]["seed"]:
             records = read_log(Path(row["run"]))
             if records:
                 plots.append(figure_tag(learning_curves(records, row["regime"]), f"learning curves {row['regime']}"))
-    best = max((r for r in comparison.rows if r["train_size"] == sizes[-1]), key=lambda r: r["accuracy"])
+    finished = [r for r in comparison.rows if "error" not in r]
+    best = max((r for r in finished if r["train_size"] == sizes[-1]), key=lambda r: r["accuracy"])
     best_metrics = json.loads((Path(best["run"]) / "metrics.json").read_text())
     plots.append(figure_tag(confusion_figure(best_metrics["test"]["confusion_matrix"], best_metrics["labels"],
                                              f"test confusion matrix: {best['regime']}"), "confusion matrix"))
@@ -155,7 +156,7 @@ def cost_quality_figure(rows: list[dict]):
     return fig
 
 
-def accuracy_by_size_figure(rows: list[dict], sizes: list):
+def accuracy_by_size_figure(rows: list[dict]):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for regime in dict.fromkeys(r["regime"] for r in rows):
         points = [(r["trained_examples"], r["accuracy"]) for r in rows if r["regime"] == regime]

@@ -1,0 +1,39 @@
+"""Text for the terminal: metric tables and progress bars (library code never prints)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def format_metrics(metrics: dict) -> str:
+    """Accuracy, macro-F1, a per-class table and the confusion matrix as text."""
+    lines = [f"accuracy  {metrics['accuracy']:.4f}", f"macro-F1  {metrics['macro_f1']:.4f}", f"examples  {metrics['examples']}", ""]
+    names = list(metrics["per_class"])
+    width = max(len(n) for n in names + ["class"])
+    lines.append(f"{'class':<{width}}  precision  recall     f1  support")
+    for name, m in metrics["per_class"].items():
+        lines.append(f"{name:<{width}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:.4f}  {m['support']:7d}")
+    lines += ["", "confusion matrix (rows: true, columns: predicted)"]
+    cell = max(5, max(len(str(v)) for row in metrics["confusion_matrix"] for v in row) + 1)
+    lines.append(" " * width + "".join(f"{n[:cell - 1]:>{cell}}" for n in names))
+    for name, row in zip(names, metrics["confusion_matrix"]):
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
+    return "\n".join(lines)
+
+
+class BarProgress:
+    """A tqdm bar per training stage, with the loss and the last validation accuracy."""
+
+    def start(self, name: str, total_steps: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total_steps, desc=name, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self.values = {}
+
+    def step(self, **values) -> None:
+        self.values.update({k: f"{v:.4f}" for k, v in values.items()})
+        self.bar.set_postfix(self.values, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
