@@ -285,7 +285,9 @@ def cmd_compare(args) -> None:
     if args.overwrite:
         overrides.append("overwrite=true")
     base = load_config(config_path, overrides)
-    sizes = [None if s.strip() == "all" else _positive_int(s, "--train-sizes") for s in args.train_sizes.split(",")]
+    sizes = [base.data.train_size] if args.train_sizes is None else [
+        None if s.strip() == "all" else _positive_int(s, "--train-sizes") for s in args.train_sizes.split(",")
+    ]
     seeds = list(range(_positive_int(args.seeds, "--seeds")))
 
     def on_run(i: int, n: int, row: dict) -> None:
@@ -375,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG.yaml] [section.key=value ...]",
                    help="the base configuration every regime shares, then overrides")
     p.add_argument("--regimes", default="full,freeze,lora,prompt,staged,scratch", help="comma-separated regimes (default: all)")
-    p.add_argument("--train-sizes", default="all", help="comma-separated training-set sizes, 'all' for the whole split (default: all)")
+    p.add_argument("--train-sizes", help="comma-separated training-set sizes, 'all' for the whole split "
+                   "(default: the config's data.train_size, else all)")
     p.add_argument("--seeds", default="1", help="runs per regime and size, with seeds 0, 1, ... (default: 1)")
     p.add_argument("--model", help="built-in model name or a local model folder")
     p.add_argument("--data", help="built-in dataset name or a data file / image folder")
