@@ -99,7 +99,7 @@ def train(
     if model.modality != splits.modality:
         hint = "efficientnet-lite0" if splits.modality == "image" else "minilm-l6"
         raise UserError(
-            f"model '{cfg.model.name}' reads {model.modality} but data '{cfg.data.name}' holds {splits.modality}s; "
+            f"model '{cfg.model.name}' reads {model.modality}s but data '{cfg.data.name}' holds {splits.modality}s; "
             f"pick a {splits.modality} model, e.g. --model {hint}"
         )
     stages = METHODS[cfg.regime].stages(cfg)
