@@ -87,12 +87,11 @@ def toy_csv(tmp_path_factory) -> Path:
     return write_csv(tmp_path_factory.mktemp("data") / "toy.csv", toy_rows(120, seed=1))
 
 
-def tiny_overrides(model: Path, data: Path, out: Path, regime: str, **extra) -> list[str]:
-    """CLI-style overrides for a quick run of `regime` on the tiny model and toy data."""
+def quick_overrides(model: Path, data: Path, out: Path, regime: str, **extra) -> list[str]:
+    """CLI-style overrides for a quick, deterministic run of `regime` on a tiny model."""
     values = {
         "regime": regime,
         "model.name": str(model),
-        "model.max_length": 16,
         "data.name": str(data),
         "output": str(out),
         "train.batch_size": 8,
@@ -102,6 +101,11 @@ def tiny_overrides(model: Path, data: Path, out: Path, regime: str, **extra) -> 
         **extra,
     }
     return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
+
+
+def tiny_overrides(model: Path, data: Path, out: Path, regime: str, **extra) -> list[str]:
+    """A quick run on the tiny BERT and the toy texts."""
+    return quick_overrides(model, data, out, regime, **{"model.max_length": 16, **extra})
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -172,17 +176,5 @@ def build_tiny_cnn(folder: Path) -> Path:
 
 
 def image_overrides(model: Path, data: Path, out: Path, regime: str, **extra) -> list[str]:
-    """Overrides for a quick run of `regime` on the tiny CNN and the toy images (16 x 16 pixels)."""
-    values = {
-        "regime": regime,
-        "model.name": str(model),
-        "model.image_size": 16,
-        "data.name": str(data),
-        "output": str(out),
-        "train.batch_size": 8,
-        "train.patience": None,
-        "train.precision": "fp32",
-        "staged.head_epochs": 5,
-        **extra,
-    }
-    return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
+    """A quick run on the tiny CNN and the toy images (16 x 16 pixels)."""
+    return quick_overrides(model, data, out, regime, **{"model.image_size": 16, **extra})
