@@ -97,7 +97,11 @@ def _measure(cfg: RunConfig) -> dict:
 
 
 def _train_in_child(cfg: RunConfig) -> dict:
+    import warnings
+
     from .runs import train
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # as the CLI does: library deprecations are noise here
 
     metrics = train(cfg).metrics
     metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
