@@ -173,3 +173,15 @@ def test_image_regime_learns_separable_task(regime, tiny_cnn, toy_images, tmp_pa
     assert run.test_accuracy >= 0.9, json.dumps(run.metrics["stages"])
     first_loss = json.loads((run.dir / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     assert run.metrics["validation"]["loss"] < first_loss
+
+
+def test_scratch_really_starts_from_random_weights(tiny_bert, tmp_path):
+    from transferkit.methods import scratch
+
+    model = load_text_classifier(str(tiny_bert), TOY_LABELS)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    scratch.apply(model)
+    after = dict(model.named_parameters())
+    matrices = [n for n, p in before.items() if p.ndim >= 2]  # embeddings and every linear layer
+    assert all(not torch.equal(before[n], after[n]) for n in matrices), "pre-trained weights must be replaced"
+    assert all(p.requires_grad for p in after.values())

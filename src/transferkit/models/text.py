@@ -103,8 +103,12 @@ class TextClassifier(nn.Module):
         self.hf = get_peft_model(self.hf, peft_config)
 
     def reinitialize(self) -> None:
-        """Random weights in the same architecture: the control that shows what pre-training buys."""
-        self.hf.apply(self.hf._init_weights)
+        """Random weights in the same architecture: the control that shows what pre-training buys.
+
+        A fresh instance from the config, because transformers marks loaded modules as initialised
+        and `_init_weights` then leaves their pre-trained values in place.
+        """
+        self.hf = type(self.hf)(self.hf.config)
 
     def save(self, folder: Path) -> None:
         """A Hugging Face model folder, or a PEFT adapter folder (adapter + trained head).
