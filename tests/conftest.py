@@ -178,3 +178,69 @@ def build_tiny_cnn(folder: Path) -> Path:
 def image_overrides(model: Path, data: Path, out: Path, regime: str, **extra) -> list[str]:
     """A quick run on the tiny CNN and the toy images (16 x 16 pixels)."""
     return quick_overrides(model, data, out, regime, **{"model.image_size": 16, **extra})
+
+
+# --- causal language models ---------------------------------------------------------------------
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+)
+PROMPT_WORDS = ["Text", ":", "Answer", "Classify", "each", "text", "as", "one", "of", ",", ".", "N/A", "user", "assistant",
+                "system", "which", "kind", "?", "fruit", "vehicle"]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def build_tiny_llama(folder: Path) -> Path:
+    """A 2-layer, 32-dim Llama with a word-level tokenizer and a chat template, saved as a folder.
+
+    "Pre-trained" for a moment on toy texts so that it predicts words better than chance.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {w: i for i, w in enumerate(specials + PROMPT_WORDS + FRUIT + VEHICLE + FILLER)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>", bos_token="<|im_start|>")  # fmt: skip
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=2, eos_token_id=3, pad_token_id=1, tie_word_embeddings=True)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    texts = [r["text"] + " <|im_end|>" for r in toy_rows(128, seed=98)]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(40):
+        batch = slice(32 * (step % 4), 32 * (step % 4 + 1))
+        model(enc["input_ids"][batch], attention_mask=enc["attention_mask"][batch], labels=labels[batch]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(folder)
+    return folder
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def toy_chats(n: int, seed: int) -> list[dict]:
+    """A generation task with one right answer: which kind of thing the text names."""
+    return [{"prompt": f"which kind ? {r['text']}", "response": r["label"]} for r in toy_rows(n, seed)]
+
+
+def llama_overrides(model: Path, data: Path, out: Path, regime: str, **extra) -> list[str]:
+    """A quick run on the tiny Llama."""
+    return quick_overrides(model, data, out, regime, **{"model.max_length": 48, "icl.shots": 4, **extra})

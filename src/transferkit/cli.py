@@ -21,13 +21,18 @@ EXAMPLES = {
   transferkit train                                          # built-in default: minilm-l6 on bbc-news, full fine-tuning
   transferkit train configs/bbc-news/lora.yaml train.lr=3e-4 # a YAML config plus dotted overrides
   transferkit train --model ./my-bert --data reviews.csv --text-column review --label-column stars \\
-                    --regime freeze --output runs/reviews""",
+                    --regime freeze --output runs/reviews
+  transferkit train configs/smollm2/sft-lora.yaml            # instruction fine-tuning of a causal LM with LoRA
+  transferkit train --model smollm2-135m --data tweet-sentiment --regime icl --shots 8 --calibrate
+  transferkit train --model smollm2-135m --data notes.jsonl --task generate --regime full \\
+                    train.max_steps=200 forgetting.corpus=bbc-news-text replay.ratio=0.2""",
     "evaluate": """examples:
   transferkit evaluate runs/reviews                          # the metrics measured at the end of training
   transferkit evaluate runs/reviews --data held-out.csv --json""",
     "predict": """examples:
   transferkit predict runs/reviews --input new.csv --output predictions.csv
   transferkit predict runs/reviews --text "Shares fell sharply after the results."
+  transferkit predict runs/sft-lora --prompt "Summarise: ..."       # a generation run answers a prompt
   transferkit predict runs/photos --input photo.jpg                 # an image run: one image ...
   transferkit predict runs/photos --input new-photos/ --output predictions.csv   # ... or a folder""",
     "models": "example:\n  transferkit models            # then: transferkit train --model minilm-l6 ...",
@@ -63,8 +68,12 @@ def cmd_train(args) -> None:
         "train.epochs": args.epochs,
         "train.lr": args.lr,
         "train.seed": args.seed,
+        "task": args.task,
+        "icl.shots": args.shots,
     }
     flag_overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    if args.calibrate:
+        flag_overrides.append("icl.calibrate=true")
     if args.overwrite:
         flag_overrides.append("overwrite=true")
     if args.trust_remote_code:
@@ -72,10 +81,20 @@ def cmd_train(args) -> None:
     cfg = load_config(config_path, flag_overrides + overrides)
     run = train(cfg, progress=BarProgress())
     test = run.metrics["test"]
-    print(
-        f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  "
-        f"({test['examples']} test examples, regime {cfg.regime}, {run.metrics['train_seconds']:.0f} s)"
-    )
+    where = f"regime {cfg.regime}, {run.metrics['train_seconds']:.0f} s"
+    if "accuracy" in test:
+        print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  ({test['examples']} test examples, {where})")
+    else:
+        match = f"  exact match {test['exact_match']:.4f} ({test['generated_examples']} answers)" if "exact_match" in test else ""
+        print(f"test loss {test['loss']:.4f}  perplexity {test['perplexity']:.2f}{match}  ({where})")
+    forgetting = run.metrics.get("forgetting")
+    if forgetting and "general_perplexity_before" in forgetting:
+        print(f"forgetting: perplexity on {forgetting['corpus']} {forgetting['general_perplexity_before']:.2f} -> "
+              f"{forgetting['general_perplexity_after']:.2f} ({100 * forgetting['general_perplexity_change']:+.1f}%)")
+    elif forgetting:
+        probe = (f", {forgetting['probe_task']} probe accuracy {forgetting['probe_accuracy_before']:.4f} -> {forgetting['probe_accuracy_after']:.4f}"
+                 if forgetting.get("probe_task") else "")  # fmt: skip
+        print(f"forgetting: representation CKA on {forgetting['corpus']} {forgetting['representation_cka']:.4f} (1 = unchanged){probe}")
     print(f"run folder: {run.dir}  (model/, metrics.json, metrics.jsonl, config.yaml)")
     skipped = run.metrics["data"].get("skipped_files") or []
     if skipped:
@@ -102,10 +121,15 @@ def cmd_evaluate(args) -> None:
 
 def cmd_predict(args) -> None:
     from .data.tables import read_rows, read_texts
-    from .inference import load_run, predict_proba
+    from .inference import generate_text, load_run, predict_proba
 
+    if args.prompt is not None:
+        if args.input is not None or args.text is not None:
+            raise UserError("give one of --prompt, --input or --text")
+        print(generate_text(args.run, args.prompt, args.max_new_tokens))
+        return
     if (args.input is None) == (args.text is None):
-        raise UserError("give either --input FILE or --text 'some text'")
+        raise UserError("give either --input FILE or --text 'some text' (or --prompt for a generation run)")
     model, cfg = load_run(args.run)
     if model.modality == "image":
         return _predict_images(args, model)
@@ -322,15 +346,17 @@ def cmd_models(args) -> None:
 
 
 def cmd_datasets(args) -> None:
-    from .assets import DATASETS
+    from .assets import CORPORA, DATASETS
 
     _print_assets(DATASETS)
+    print("\nunlabelled text (forgetting.corpus, replay.corpus, or --task generate):")
+    _print_assets(CORPORA)
 
 
 COMMANDS = {
     "train": (cmd_train, "fine-tune a pre-trained model on your data"),
     "evaluate": (cmd_evaluate, "metrics of a finished run, on its test split or on new labelled data"),
-    "predict": (cmd_predict, "label new texts with a finished run's model"),
+    "predict": (cmd_predict, "label new texts or images, or answer a prompt, with a finished run's model"),
     "compare": (cmd_compare, "run several regimes on the same data and split, and measure what each costs and gives"),
     "plan": (cmd_plan, "memory of each regime from the model's config alone, and which regime suits your data"),
     "models": (cmd_models, "list the built-in models and whether each is installed"),
@@ -365,7 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", help="column with the label (default: label)")
     p.add_argument("--validation", help="a separate validation file (default: split off the data)")
     p.add_argument("--test", help="a separate test file (default: split off the data)")
-    p.add_argument("--regime", help="full, freeze, lora, prompt, staged or scratch (default: full)")
+    p.add_argument("--regime", help="full, freeze, lora, prompt, staged, scratch, or icl (causal LMs: in-context "
+                   "learning, no training) (default: full)")
+    p.add_argument("--task", help="classify (default) or generate (a causal LM learns responses or plain text)")
+    p.add_argument("--shots", help="icl: demonstrations in the prompt, a number or max (default: 8)")
+    p.add_argument("--calibrate", action="store_true", help="causal-LM classification: contextual calibration of the label scores")
     p.add_argument("--epochs", type=int, help="passes over the training data (default: the regime's own)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the regime's own)")
     p.add_argument("--seed", type=int, help="seed for the split, the initialisation and the batch order (default: 0)")
@@ -398,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder written by 'transferkit train'")
     p.add_argument("--input", help="a CSV / JSONL file of texts; for an image run, an image file or a folder of images")
     p.add_argument("--text", help="a single text to label")
+    p.add_argument("--prompt", help="generation runs: a prompt to answer (greedy, through the model's chat template)")
+    p.add_argument("--max-new-tokens", type=int, help="generation runs: the longest answer (default: the run's lm.max_new_tokens)")
     p.add_argument("--output", help="where to write the rows with predicted_label and probability added (.csv or .jsonl)")
     p.add_argument("--text-column", help="column with the text (default: the one used in training)")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .methods import METHODS, freeze, lora, prompt, scratch, staged
+from .methods import METHODS, freeze, icl, lora, prompt, scratch, staged
 
 
 @dataclass
@@ -98,11 +98,15 @@ class TrainConfig:
     patience: int | None = 3
     """Stop after this many validations without improvement (empty: never stop early)."""
     metric: str = "accuracy"
-    """Validation metric that picks the best checkpoint: accuracy, macro_f1 or loss."""
+    """Validation metric that picks the best checkpoint: accuracy, macro_f1, loss, or loss+general (the
+    validation loss plus the loss on held-out general text, forgetting.corpus). Causal LMs validate by loss."""
     precision: str = "auto"
     """auto (bf16 autocast where the hardware has fast bf16, else fp32), bf16 or fp32."""
     seed: int = 0
     """Seeds the split, the initialisation and the batch order: same seed, same metrics."""
+    l2sp: float = 0.0
+    """Pull toward the pre-trained weights: adds l2sp * (w - w_pretrained) to each trainable weight's
+    gradient (L2-SP, Li et al. 2018), a penalty against forgetting. 0: off."""
 
     def __post_init__(self):
         if self.lr is not None and not self.lr > 0:
@@ -118,8 +122,10 @@ class TrainConfig:
             )
         if self.schedule not in ("linear", "cosine", "constant"):
             raise UserError(f"train.schedule must be linear, cosine or constant (got '{self.schedule}')")
-        if self.metric not in ("accuracy", "macro_f1", "loss"):
-            raise UserError(f"train.metric must be accuracy, macro_f1 or loss (got '{self.metric}')")
+        if self.metric not in ("accuracy", "macro_f1", "loss", "loss+general"):
+            raise UserError(f"train.metric must be accuracy, macro_f1, loss or loss+general (got '{self.metric}')")
+        if self.l2sp < 0:
+            raise UserError(f"train.l2sp must not be negative (got {self.l2sp}); try 0.01")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"train.precision must be auto, bf16 or fp32 (got '{self.precision}')")
         if not 0 <= self.warmup_ratio < 1:
@@ -129,9 +135,62 @@ class TrainConfig:
 
 
 @dataclass
+class LMConfig:
+    verbalisers: list[str] | None = None
+    """Classification with a causal LM: the word each label is answered with, as label=word pairs
+    (e.g. positive=great,negative=terrible). Empty: each label's own name."""
+    instruction: str | None = None
+    """The instruction before the examples. Empty: "Classify each text as one of: <verbalisers>."."""
+    max_new_tokens: int = 64
+    """Generation: the longest answer generated for exact match, samples and predict."""
+    generate_examples: int = 50
+    """Generation: how many test examples are answered greedily for exact match and report samples."""
+
+    def __post_init__(self):
+        _check_positive("lm.max_new_tokens", self.max_new_tokens)
+        if self.generate_examples < 0:
+            raise UserError(f"lm.generate_examples must not be negative (got {self.generate_examples})")
+
+
+@dataclass
+class ForgettingConfig:
+    corpus: str | None = None
+    """General text to measure forgetting on: a built-in corpus (bbc-news-text, shakespeare), a .txt file
+    or a folder of them. Empty: forgetting is not measured."""
+    tokens: int = 8192
+    """Tokens of held-out general text the causal LM's perplexity is measured on, before and after."""
+    probe: str | None = None
+    """Encoders: a second built-in labelled dataset whose linear-probe accuracy is measured before and after.
+    Empty: tweet-sentiment (bbc-news when training on tweet-sentiment)."""
+    probe_size: int = 600
+    """Encoders: examples of the probe task (two thirds train the probe, one third tests it)."""
+
+    def __post_init__(self):
+        _check_positive("forgetting.tokens", self.tokens)
+        if self.probe_size < 20:
+            raise UserError(f"forgetting.probe_size must be at least 20 (got {self.probe_size})")
+
+
+@dataclass
+class ReplayConfig:
+    ratio: float = 0.0
+    """Share of each epoch's training examples that are general text (language-model loss), mixed in
+    against forgetting. 0: off. Causal LMs only."""
+    corpus: str | None = None
+    """General text to replay. Empty: forgetting.corpus (its replay half; forgetting is measured on the other)."""
+
+    def __post_init__(self):
+        if not 0 <= self.ratio < 1:
+            raise UserError(f"replay.ratio must be in [0, 1) (got {self.ratio}); try 0.2")
+
+
+@dataclass
 class RunConfig:
     regime: str = "full"
-    """How to adapt the model: full, freeze, lora, prompt, staged, or scratch (random weights, the control)."""
+    """How to adapt the model: full, freeze, lora, prompt, staged, scratch (random weights, the control) or
+    icl (in-context learning with a causal LM: no training)."""
+    task: str = "classify"
+    """classify (labelled texts or images) or generate (a causal LM learns responses or plain text)."""
     output: str | None = None
     """Run folder. Empty: runs/<dataset>-<regime>."""
     overwrite: bool = False
@@ -144,10 +203,20 @@ class RunConfig:
     prompt: prompt.Config = field(default_factory=prompt.Config)
     staged: staged.Config = field(default_factory=staged.Config)
     scratch: scratch.Config = field(default_factory=scratch.Config)
+    icl: icl.Config = field(default_factory=icl.Config)
+    lm: LMConfig = field(default_factory=LMConfig)
+    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
     def __post_init__(self):
         if self.regime not in METHODS:
             raise UserError(f"unknown regime '{self.regime}'; choose one of: {', '.join(METHODS)}")
+        if self.task not in ("classify", "generate"):
+            raise UserError(f"unknown task '{self.task}'; choose classify or generate")
+        if self.train.metric == "loss+general" and not self.forgetting.corpus:
+            raise UserError("train.metric=loss+general needs general text: set forgetting.corpus (e.g. bbc-news-text)")
+        if self.replay.ratio > 0 and not (self.replay.corpus or self.forgetting.corpus):
+            raise UserError("replay.ratio needs general text to replay: set replay.corpus or forgetting.corpus")
 
     @property
     def run_dir(self) -> Path:

@@ -27,7 +27,20 @@ def check_run_dir(run_dir: str | Path) -> Path:
 def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     """The trained model of a run folder (fp32, eval mode) and the config it was trained with."""
     run_dir = check_run_dir(run_dir)
-    return load_saved_model(run_dir / "model"), load_config(run_dir / "config.yaml")
+    model, cfg = load_saved_model(run_dir / "model"), load_config(run_dir / "config.yaml")
+    model.calibrate = cfg.icl.calibrate  # a causal LM's label scores are calibrated as in training
+    return model, cfg
+
+
+def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int | None = None) -> str:
+    """The greedy answer of a finished generation run's model to `prompt` (through its chat template)."""
+    from .eval.generation import generate
+
+    model, cfg = load_run(run_dir)
+    if getattr(model, "task", None) != "generate":
+        raise UserError(f"'{run_dir}' holds a classifier; --prompt is for generation runs, use --text to label a text")
+    ids = model.prompt_tokens(model.chat_prompt(model.demo_turns() + [{"role": "user", "content": prompt}]))
+    return generate(model, [ids], max_new_tokens or cfg.lm.max_new_tokens)[0]
 
 
 class _Indexed(torch.utils.data.Dataset):
@@ -50,6 +63,10 @@ def predict_proba(model, inputs: list, batch_size: int = 32) -> torch.Tensor:
 
     `inputs` are texts for a text model; image files or uint8 arrays for an image model.
     """
+    if getattr(model, "task", None) == "classify":  # a causal LM: score each label's verbaliser
+        from .eval.causal import label_probabilities
+
+        return label_probabilities(model, inputs, model.calibrate)
     items = _Indexed(model.encode(Examples(inputs, None)))
     probs = torch.empty(len(inputs), len(model.label_names))
     model.eval()
@@ -69,11 +86,22 @@ def predict(run_dir: str | Path, inputs: list) -> list[tuple[str, float]]:
 def evaluate_file(run_dir: str | Path, path: str, text_column: str | None = None, label_column: str | None = None) -> dict:
     """Test metrics of a finished run on a labelled CSV / JSONL file or image folder."""
     model, cfg = load_run(run_dir)
+    accelerator = Accelerator()
+    if getattr(model, "task", None) is not None:  # a causal LM
+        from .data.generation import read_generation
+        from .eval.causal import test_causal
+
+        examples = (read_generation(path, text_column or cfg.data.text_column) if model.task == "generate"
+                    else read_labelled(path, text_column or cfg.data.text_column, label_column or cfg.data.label_column))  # fmt: skip
+        _check_labels(examples, model.label_names, path)
+        return test_causal(model.to(accelerator.device), examples, cfg, accelerator)[0]
     examples = read_labelled(path, text_column or cfg.data.text_column, label_column or cfg.data.label_column)
-    labels = model.label_names
-    unknown = sorted(set(examples.labels) - set(labels))
+    _check_labels(examples, model.label_names, path)
+    loader = make_loader(model.encode(examples), 32, shuffle=False, seed=0, pad_id=model.pad_id)
+    return evaluate(model.to(accelerator.device), loader, Classification(model.label_names), accelerator, "fp32")
+
+
+def _check_labels(examples: Examples, labels: list[str], path: str) -> None:
+    unknown = sorted(set(examples.labels or []) - set(labels))
     if unknown:
         raise UserError(f"label '{unknown[0]}' in '{path}' was never seen in training (the model knows: {', '.join(labels)})")
-    loader = make_loader(model.encode(examples), 32, shuffle=False, seed=0, pad_id=model.pad_id)
-    accelerator = Accelerator()
-    return evaluate(model.to(accelerator.device), loader, Classification(labels), accelerator, "fp32")

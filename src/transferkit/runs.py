@@ -14,7 +14,7 @@ import random
 import resource
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +25,13 @@ from accelerate import Accelerator
 from . import checkpoint
 from .config import RunConfig, load_config
 from .data.batching import make_loader
-from .data.splits import Splits, load_splits
+from .data.splits import Splits, load_generation_splits, load_splits
 from .errors import UserError
-from .methods import METHODS
+from .eval.causal import test_causal
+from .methods import CAUSAL_ONLY, HEAD_ONLY, METHODS
 from .models import load_model
-from .tasks import Classification
+from .models.causal import CausalLM
+from .tasks import Classification, LanguageModeling
 from .training.features import HeadOnFeatures, cache_features
 from .training.loop import Diverged, Progress, evaluate, fit
 
@@ -47,8 +49,8 @@ class Run:
         return self.dir / "model"
 
     @property
-    def test_accuracy(self) -> float:
-        return self.metrics["test"]["accuracy"]
+    def test_accuracy(self) -> float | None:
+        return self.metrics["test"].get("accuracy")
 
 
 def seed_everything(seed: int) -> None:
@@ -90,18 +92,14 @@ def train(
             untouched), or a loss that became NaN (the last good weights are saved first).
     """
     cfg = config if isinstance(config, RunConfig) and not overrides else load_config(config, overrides)
+    progress = progress or Progress()
     run_dir = cfg.run_dir
     if checkpoint.is_finished(run_dir) and not cfg.overwrite:
         raise UserError(f"run folder '{run_dir}' already holds a finished run; pass --overwrite or choose another --output")
     seed_everything(cfg.train.seed)
-    splits = load_splits(cfg.data, cfg.train.seed)
-    model = load_model(cfg.model, splits.label_names)
-    if model.modality != splits.modality:
-        hint = "efficientnet-lite0" if splits.modality == "image" else "minilm-l6"
-        raise UserError(
-            f"model '{cfg.model.name}' reads {model.modality}s but data '{cfg.data.name}' holds {splits.modality}s; "
-            f"pick a {splits.modality} model, e.g. --model {hint}"
-        )
+    splits = load_generation_splits(cfg.data, cfg.train.seed) if cfg.task == "generate" else load_splits(cfg.data, cfg.train.seed)
+    model = load_model(cfg, splits.label_names, progress.note)
+    _check_fit(cfg, model, splits)
     stages = METHODS[cfg.regime].stages(cfg)
     for stage in stages:
         micro = cfg.train.micro_batch_size or stage.batch_size
@@ -125,17 +123,46 @@ def train(
     return Run(run_dir, cfg, metrics)
 
 
+def _check_fit(cfg: RunConfig, model, splits: Splits) -> None:
+    """Model, data, task and regime go together, or a one-line error says what to change."""
+    if model.modality != splits.modality:
+        hint = "efficientnet-lite0" if splits.modality == "image" else "minilm-l6"
+        raise UserError(
+            f"model '{cfg.model.name}' reads {model.modality}s but data '{cfg.data.name}' holds {splits.modality}s; "
+            f"pick a {splits.modality} model, e.g. --model {hint}"
+        )
+    causal = isinstance(model, CausalLM)
+    if cfg.regime in CAUSAL_ONLY and not causal:
+        raise UserError(f"regime {cfg.regime} prompts a causal language model; '{cfg.model.name}' is not one (try --model smollm2-135m)")
+    if cfg.regime in HEAD_ONLY and causal:
+        raise UserError(f"regime {cfg.regime} trains a new head on cached features; a causal LM answers with its own: use full, lora, prompt or icl")
+    if (cfg.replay.ratio or cfg.train.metric == "loss+general") and not causal:
+        raise UserError("replay and metric loss+general use the language-model loss: they need a causal LM; unset replay.ratio")
+    if cfg.forgetting.corpus and model.modality != "text":
+        raise UserError("forgetting is measured on general text: it needs a text model; unset forgetting.corpus")
+
+
 def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, progress) -> dict:
     """Run every stage through the loop, test, save; returns the final metrics."""
     checkpoint.write_text(staging / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    progress = progress or Progress()
-    task = Classification(splits.label_names)
+    causal = isinstance(model, CausalLM)
+    task = LanguageModeling() if causal else Classification(splits.label_names)
+    train_cfg = cfg.train
+    if causal and train_cfg.metric in ("accuracy", "macro_f1"):
+        train_cfg = replace(train_cfg, metric="loss")  # a causal LM validates by its loss on the answers
     accelerator = Accelerator()
     precision = resolve_precision(cfg.train.precision, accelerator.device)
+    model.to(accelerator.device)
     pad_id = model.pad_id
     started = time.perf_counter()
+    if cfg.regime == "icl":
+        _choose_demonstrations(cfg, model, splits)
+    forgetting = _start_forgetting(cfg, model, accelerator, precision, progress)
     # Encoded once: token ids for text (padding happens per batch), transformed images for vision.
     tokens = {name: model.encode(getattr(splits, name), train=name == "train") for name in ("train", "validation", "test")}
+    if cfg.replay.ratio:
+        tokens["train"] = tokens["train"] + _replay_items(cfg, model, len(tokens["train"]))
+    extra_validation = _general_validation(cfg, model, accelerator, precision) if train_cfg.metric == "loss+general" else None
     features, summary = None, {"stages": []}
     with open(staging / "metrics.jsonl", "w") as log_file:
         log = lambda record: log_file.write(json.dumps(record) + "\n") or log_file.flush()  # noqa: E731
@@ -156,7 +183,7 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
                 _eval_loader(items["validation"], pad_id),
                 task,
                 accelerator,
-                cfg=cfg.train,
+                cfg=train_cfg,
                 lr=stage.lr,
                 epochs=stage.epochs,
                 max_steps=stage.max_steps,
@@ -166,17 +193,24 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
                 stage=stage.name,
                 log=log,
                 progress=progress,
+                extra_validation=extra_validation,
             )
             summary["stages"].append(_stage_summary(stage, result, trainee))
     train_seconds = time.perf_counter() - started
 
-    # The test set goes through the same path as training did last: the cache for a
-    # head-only regime (so the backbone still runs only once), the whole model otherwise.
-    final_model, final_items = (HeadOnFeatures(model), features) if stages[-1].cached else (model, tokens)
-    test = evaluate(final_model, _eval_loader(final_items["test"], pad_id), task, accelerator, "fp32")
+    if causal:
+        test, extra = test_causal(model, splits.test, cfg, accelerator, progress)
+    else:
+        # The test set goes through the same path as training did last: the cache for a
+        # head-only regime (so the backbone still runs only once), the whole model otherwise.
+        final_model, final_items = (HeadOnFeatures(model), features) if stages[-1].cached else (model, tokens)
+        test, extra = evaluate(final_model, _eval_loader(final_items["test"], pad_id), task, accelerator, "fp32"), {}
+    if forgetting is not None:
+        extra["forgetting"] = forgetting.measure(model)
     checkpoint.save_model(model, staging / "model")
     metrics = {
         "regime": cfg.regime,
+        "task": cfg.task,
         "model": cfg.model.name,
         "data": {
             "name": cfg.data.name,
@@ -185,19 +219,89 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
         },
         "labels": splits.label_names,
         "test": test,
-        "validation": summary["stages"][-1]["best_validation"],
+        "validation": summary["stages"][-1]["best_validation"] if summary["stages"] else {},
         "parameters": _parameter_counts(model),
         "train_seconds": train_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "precision": precision,
         "model_size_mb": checkpoint.folder_size(staging / "model") / 2**20,
         **summary,
+        **extra,
     }
     checkpoint.write_text(staging / "metrics.json", json.dumps(metrics, indent=2))
     from .report.html import run_report
 
     checkpoint.write_text(staging / "report.html", run_report(staging))
     return metrics
+
+
+def _choose_demonstrations(cfg: RunConfig, model: CausalLM, splits: Splits) -> None:
+    """The icl regime's demonstrations, from the training split; nothing trains."""
+    from .methods.icl import choose_demonstrations
+
+    model.trained = False
+    model.requires_grad_(False)
+    if cfg.task == "generate":
+        # Demonstrations are earlier chat turns (prompt, then the reference response).
+        chats = [x["messages"] for x in splits.train.inputs if "messages" in x]
+        if cfg.icl.k is None or cfg.icl.k > len(chats):
+            raise UserError(f"icl.shots={cfg.icl.shots} for generation must be a number up to the {len(chats)} "
+                            "prompt/response examples in training; lower it")  # fmt: skip
+        model.chat_demos = chats[: cfg.icl.k]  # the training split is already in a seeded order
+        return
+    index = {name: i for i, name in enumerate(model.label_names)}
+    texts, labels = splits.train.inputs, splits.train.labels
+    room = model.context_length - max(len(model.prompt.query_ids(model.tokenizer, t, model.max_length)) for t in splits.test.inputs)
+    room -= max(len(a) for a in model.prompt.answer_ids(model.tokenizer))
+
+    def fits(chosen: list[int]) -> bool:
+        model.demos = [(texts[i], index[labels[i]]) for i in chosen]
+        return len(model.prefix_ids()) <= room
+
+    chosen = choose_demonstrations(labels, cfg.icl.k, cfg.train.seed, fits)
+    model.demos = [(texts[i], index[labels[i]]) for i in chosen]
+    if len(model.prefix_ids()) > room:
+        raise UserError(f"{len(chosen)} demonstrations do not fit in the model's context ({model.context_length} tokens); "
+                        "lower icl.shots or model.max_length, or use icl.shots=max")  # fmt: skip
+
+
+def _start_forgetting(cfg: RunConfig, model, accelerator, precision: str, progress):
+    """Measure general ability before any stage changes the model; None without forgetting.corpus."""
+    if not cfg.forgetting.corpus:
+        return None
+    from .eval.forgetting import CausalForgetting, EncoderForgetting, probe_splits
+
+    progress.note(f"measuring general ability on {cfg.forgetting.corpus} before training")
+    if isinstance(model, CausalLM):
+        return CausalForgetting(model, cfg, accelerator, precision)
+    return EncoderForgetting(model, cfg, accelerator, probe_splits(cfg))
+
+
+def _replay_items(cfg: RunConfig, model: CausalLM, n_task: int) -> list[dict]:
+    """General-text blocks to mix into training: `ratio` of the mixed training set."""
+    from .data.corpus import general_parts
+    from .eval.forgetting import text_blocks
+
+    from .data.corpus import read_passages
+
+    corpus = cfg.replay.corpus or cfg.forgetting.corpus
+    # Replaying the forgetting corpus uses its other half: forgetting is never measured on replayed text.
+    replay = general_parts(corpus)[1] if corpus == cfg.forgetting.corpus else read_passages(corpus)
+    wanted = max(1, round(cfg.replay.ratio / (1 - cfg.replay.ratio) * n_task))
+    blocks = text_blocks(model, replay, wanted * model.max_length)
+    if not blocks:
+        raise UserError(f"replay corpus '{corpus}' holds no text to replay; give a larger corpus")
+    return [blocks[i % len(blocks)] for i in range(wanted)]
+
+
+def _general_validation(cfg: RunConfig, model: CausalLM, accelerator, precision: str):
+    """For metric loss+general: the loss on a small held-out slice of general text, at each validation."""
+    from .data.corpus import general_parts
+    from .eval.forgetting import general_loss, text_blocks
+
+    held_out, _ = general_parts(cfg.forgetting.corpus)
+    items = text_blocks(model, held_out[::-1], min(cfg.forgetting.tokens, 16 * model.max_length))
+    return lambda m: {"general_loss": general_loss(model, items, accelerator, precision)}
 
 
 def _eval_loader(items: list[dict], pad_id: int):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -32,3 +34,36 @@ class Classification:
 
     def metrics(self, state: torch.Tensor) -> dict:
         return classification_metrics(state, self.label_names)
+
+
+class LanguageModeling:
+    """Next-token prediction on the tokens marked in `labels` (-100: context, not learned).
+
+    Metrics: the mean loss per learned token, its perplexity, and next-token accuracy.
+    """
+
+    label_names: list[str] = []
+
+    def loss_sum(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        # (B, T, V): the logits at position t predict the token at t + 1.
+        return F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100, reduction="sum"
+        )
+
+    def count(self, batch: dict) -> int:
+        return int((batch["labels"][:, 1:] != -100).sum())
+
+    def metric_state(self) -> torch.Tensor:
+        return torch.zeros(3, dtype=torch.float64)  # loss sum, learned tokens, correct next tokens
+
+    def update(self, state: torch.Tensor, logits: torch.Tensor, batch: dict) -> None:
+        targets = batch["labels"][:, 1:]
+        learned = targets != -100
+        state[0] += self.loss_sum(logits, batch).item()
+        state[1] += learned.sum().item()
+        state[2] += ((logits[:, :-1].argmax(-1) == targets) & learned).sum().item()
+
+    def metrics(self, state: torch.Tensor) -> dict:
+        tokens = max(state[1].item(), 1)
+        loss = state[0].item() / tokens
+        return {"perplexity": math.exp(min(loss, 50)), "token_accuracy": state[2].item() / tokens, "tokens": int(state[1])}

@@ -39,7 +39,8 @@ class LengthGroupedBatches(Sampler[list[int]]):
 
 
 def collate(pad_id: int):
-    """Stack one batch: token-id lists are padded to the longest and get an attention mask."""
+    """Stack one batch: token-id lists are padded to the longest and get an attention mask;
+    per-token label lists are padded with -100."""
 
     def collate_fn(items: list[dict]) -> dict[str, torch.Tensor]:
         batch = {}
@@ -49,6 +50,9 @@ def collate(pad_id: int):
                 longest = max(len(v) for v in values)
                 batch["input_ids"] = torch.tensor([v + [pad_id] * (longest - len(v)) for v in values])
                 batch["attention_mask"] = torch.tensor([[1] * len(v) + [0] * (longest - len(v)) for v in values])
+            elif key == "labels" and isinstance(values[0], list):  # per-token targets; -100 is ignored
+                longest = max(len(v) for v in values)
+                batch["labels"] = torch.tensor([v + [-100] * (longest - len(v)) for v in values])
             elif isinstance(values[0], torch.Tensor):
                 batch[key] = torch.stack(values)
             else:

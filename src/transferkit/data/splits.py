@@ -85,6 +85,32 @@ def load_splits(cfg, seed: int) -> Splits:
     return Splits(train, validation, test, label_names, modality, skipped)
 
 
+def load_generation_splits(cfg, seed: int) -> Splits:
+    """Generation examples (no labels) split at random with `seed`, or the user's own files."""
+    from .generation import read_generation
+
+    read = lambda p: read_generation(p, cfg.text_column)  # noqa: E731
+    pool = read(cfg.name)
+    validation = read(cfg.validation) if cfg.validation else None
+    test = read(cfg.test) if cfg.test else None
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    take = {name: (0 if held is not None else max(1, round(len(pool) * fraction)))
+            for name, held, fraction in (("validation", validation, cfg.validation_fraction), ("test", test, cfg.test_fraction))}
+    if len(pool) <= take["validation"] + take["test"]:
+        raise UserError(f"'{cfg.name}' holds {len(pool)} example(s), too few to split off validation and test; give more or pass --validation/--test files")
+    validation = validation or pool.subset(sorted(order[: take["validation"]]))
+    test = test or pool.subset(sorted(order[take["validation"] : take["validation"] + take["test"]]))
+    train = pool.subset(sorted(order[take["validation"] + take["test"] :]))
+    rng = random.Random(seed)
+    sizes = (("train", cfg.train_size, rng), ("validation", cfg.validation_size, random.Random(0)), ("test", cfg.test_size, random.Random(0)))
+    parts = {"train": train, "validation": validation, "test": test}
+    for name, size, r in sizes:
+        if size is not None and size < len(parts[name]):
+            parts[name] = parts[name].subset(sorted(r.sample(range(len(parts[name])), size)))
+    return Splits(parts["train"], parts["validation"], parts["test"], [], "text")
+
+
 def stratified_split(labels: list[str], fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
     """Indices for 'train' and each named held-out part, every class split in the same proportions."""
     rng = random.Random(seed)

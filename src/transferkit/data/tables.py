@@ -24,7 +24,8 @@ class Examples:
         return len(self.inputs)
 
     def subset(self, indices: list[int]) -> Examples:
-        return Examples([self.inputs[i] for i in indices], [self.labels[i] for i in indices])
+        labels = None if self.labels is None else [self.labels[i] for i in indices]
+        return Examples([self.inputs[i] for i in indices], labels)
 
 
 def read_rows(path: str | Path) -> list[dict]:

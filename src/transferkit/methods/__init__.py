@@ -55,7 +55,7 @@ def wrap_with_peft(make_config: Callable) -> Callable[[nn.Module], None]:
     return apply
 
 
-from . import freeze, full, lora, prompt, scratch, staged  # noqa: E402  (the modules use Stage)
+from . import freeze, full, icl, lora, prompt, scratch, staged  # noqa: E402  (the modules use Stage)
 
 METHODS = {
     "full": full,
@@ -64,4 +64,9 @@ METHODS = {
     "prompt": prompt,
     "staged": staged,
     "scratch": scratch,
+    "icl": icl,
 }
+
+# Regimes that need a causal LM, and regimes a causal LM cannot run (they train a separate head).
+CAUSAL_ONLY = ("icl",)
+HEAD_ONLY = ("freeze", "staged")

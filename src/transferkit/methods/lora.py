@@ -47,7 +47,7 @@ def peft_config(cfg: Config, model) -> LoraConfig:
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=cfg.targets or model.lora_targets,
-        modules_to_save=list(model.head.modules),
+        modules_to_save=list(model.head.modules) or None,
     )
 
 

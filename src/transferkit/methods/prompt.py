@@ -36,7 +36,7 @@ def peft_config(cfg: Config, model) -> PromptTuningConfig:
     return PromptTuningConfig(
         task_type=model.peft_task_type,
         num_virtual_tokens=cfg.num_virtual_tokens,
-        modules_to_save=list(model.head.modules),
+        modules_to_save=list(model.head.modules) or None,
     )
 
 

@@ -60,11 +60,12 @@ def learning_curves(records: list[dict], title: str):
     for stage in dict.fromkeys(r["stage"] for r in records):
         rows = [r for r in records if r["stage"] == stage]
         loss_ax.plot([offset + r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8, label=stage)
-        val = [r for r in rows if "val_accuracy" in r]
-        acc_ax.plot([offset + r["step"] for r in val], [r["val_accuracy"] for r in val], marker="o", ms=3, label=stage)
+        key = "val_accuracy" if any("val_accuracy" in r for r in rows) else "val_loss"
+        val = [r for r in rows if key in r]
+        acc_ax.plot([offset + r["step"] for r in val], [r[key] for r in val], marker="o", ms=3, label=stage)
         offset += rows[-1]["step"]
     loss_ax.set(title=f"{title}: training loss", xlabel="optimizer step", yscale="log")
-    acc_ax.set(title="validation accuracy", xlabel="optimizer step")
+    acc_ax.set(title="validation " + ("accuracy" if any("val_accuracy" in r for r in records) else "loss"), xlabel="optimizer step")
     for ax in (loss_ax, acc_ax):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -90,24 +91,62 @@ def read_log(run_dir: Path) -> list[dict]:
 
 
 def run_report(run_dir: Path) -> str:
-    """One run: its test metrics, learning curves, confusion matrix and config."""
+    """One run: its test metrics, learning curves, confusion matrix (or generated samples),
+    forgetting before and after, and the config."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     test = metrics["test"]
+    quality = (["test accuracy", "macro-F1"], [f"{test['accuracy']:.4f}", f"{test['macro_f1']:.4f}"]) if "accuracy" in test else (
+        ["test loss", "perplexity", "exact match"],
+        [f"{test['loss']:.4f}", f"{test['perplexity']:.2f}", f"{test['exact_match']:.4f}" if "exact_match" in test else "-"],
+    )
     summary = table(
-        ["regime", "test accuracy", "macro-F1", "parameters trained", "train time s", "peak memory MB", "model MB"],
-        [[metrics["regime"], f"{test['accuracy']:.4f}", f"{test['macro_f1']:.4f}", f"{metrics['parameters']['trainable']:,}",
+        ["regime", *quality[0], "parameters trained", "train time s", "peak memory MB", "model MB"],
+        [[metrics["regime"], *quality[1], f"{metrics['parameters']['trainable']:,}",
           f"{metrics['train_seconds']:.1f}", f"{metrics['peak_rss_mb']:.0f}", f"{metrics['model_size_mb']:.1f}"]],
     )
-    per_class = table(["class", "precision", "recall", "F1", "support"],
-                      [[n, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]] for n, m in test["per_class"].items()])
+    sections = ["<h2>Result</h2>", summary]
+    if "per_class" in test:
+        sections.append(table(["class", "precision", "recall", "F1", "support"],
+                              [[n, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]] for n, m in test["per_class"].items()]))
+    if metrics.get("prompt"):
+        p = metrics["prompt"]
+        sections.append(f"<p>Prompt: {p['shots']} demonstrations, {p['prefix_tokens']} prefix tokens, calibrated: {p['calibrated']}.</p>")
     records = read_log(run_dir)
     plots = [figure_tag(learning_curves(records, metrics["regime"]), "learning curves")] if records else []
-    plots.append(figure_tag(confusion_figure(test["confusion_matrix"], metrics["labels"], "test confusion matrix"), "confusion matrix"))
+    if "confusion_matrix" in test:
+        plots.append(figure_tag(confusion_figure(test["confusion_matrix"], metrics["labels"], "test confusion matrix"), "confusion matrix"))
+    if metrics.get("forgetting"):
+        sections += ["<h2>Forgetting</h2>", forgetting_table(metrics["forgetting"])]
+        plots.append(figure_tag(forgetting_figure(metrics["forgetting"]), "forgetting before and after"))
+    if metrics.get("samples"):
+        sections += ["<h2>Sample generations (test)</h2>",
+                     table(["prompt", "reference", "generated"], [[s["prompt"][:300], s["reference"], s["generated"]] for s in metrics["samples"]])]
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     return page(f"transferkit run: {metrics['regime']} on {metrics['data']['name']}", [
-        "<h2>Result</h2>", summary, per_class, "<h2>Training</h2>", *plots,
+        *sections, "<h2>Training</h2>", *plots,
         "<h2>Configuration</h2>", f"<pre>{html.escape(config)}</pre>",
     ])
+
+
+def forgetting_table(f: dict) -> str:
+    rows = [[key.replace("_", " "), f"{value:.4f}" if isinstance(value, float) else value] for key, value in f.items()]
+    return table(["measure", "value"], rows)
+
+
+def forgetting_figure(f: dict):
+    """Before / after bars: general-text perplexity (causal LM), or probe accuracy and CKA (encoder)."""
+    if "general_perplexity_before" in f:
+        pairs = [("general perplexity", f["general_perplexity_before"], f["general_perplexity_after"])]
+    else:
+        pairs = [("representation CKA", 1.0, f["representation_cka"])]
+        if f.get("probe_accuracy_before") is not None:
+            pairs.append((f"probe accuracy ({f['probe_task']})", f["probe_accuracy_before"], f["probe_accuracy_after"]))
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3), squeeze=False)
+    for ax, (name, before, after) in zip(axes[0], pairs):
+        ax.bar(["before", "after"], [before, after], color=["#8c8c8c", "#c44e52"])
+        ax.set_title(name)
+    fig.suptitle(f"forgetting on {f['corpus']}")
+    return fig
 
 
 def comparison_report(comparison, base) -> str:

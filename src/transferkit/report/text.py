@@ -30,10 +30,13 @@ class BarProgress:
         self.bar = tqdm(total=total_steps, desc=name, unit="step", dynamic_ncols=True, file=sys.stderr)
         self.values = {}
 
-    def step(self, **values) -> None:
+    def step(self, n: int = 1, **values) -> None:
         self.values.update({k: f"{v:.4f}" for k, v in values.items()})
         self.bar.set_postfix(self.values, refresh=False)
-        self.bar.update(1)
+        self.bar.update(n)
 
     def close(self) -> None:
         self.bar.close()
+
+    def note(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)

@@ -38,8 +38,9 @@ class Progress:
     """What the loop reports while it runs. The CLI draws a bar; the default shows nothing."""
 
     def start(self, name: str, total_steps: int) -> None: ...
-    def step(self, **values) -> None: ...
+    def step(self, n: int = 1, **values) -> None: ...
     def close(self) -> None: ...
+    def note(self, message: str) -> None: ...
 
 
 def autocast(accelerator: Accelerator, precision: str):
@@ -65,13 +66,16 @@ def fit(
     stage: str = "train",
     log: Callable[[dict], None] = lambda record: None,
     progress: Progress | None = None,
+    extra_validation: Callable[[nn.Module], dict] | None = None,
 ) -> FitResult:
     """Train the parameters of `model` that require grad; `cfg` is a TrainConfig.
 
     `train_loader` yields micro-batches; `accumulation` of them make one optimizer step.
     Validates every epoch (or every `cfg.eval_every_steps`), stops after `cfg.patience`
     validations without improvement, and leaves the best validated weights in `model`.
-    Raises Diverged (with the best weights restored) when the loss stops being finite.
+    `extra_validation(model)` adds metrics to each validation (the general-text loss of
+    metric loss+general). Raises Diverged (with the best weights restored) when the loss stops
+    being finite.
     """
     progress = progress or Progress()
     steps_per_epoch = math.ceil(len(train_loader) / accumulation)
@@ -83,6 +87,8 @@ def fit(
     raw_model = model
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # L2-SP: the weights as this stage found them (pre-trained, for a one-stage regime) anchor the penalty.
+    anchors = [p.detach().clone() for p in trainable] if cfg.l2sp else []
 
     result = FitResult()
     best = _Best(raw_model, cfg.metric, cfg.patience)
@@ -95,6 +101,9 @@ def fit(
                 loss, count = _accumulate(model, group, task, accelerator, precision)
                 if not math.isfinite(loss):
                     raise Diverged(stage, result.steps + 1, lr)
+                for p, anchor in zip(trainable, anchors):
+                    if p.grad is not None:  # the gradient of (l2sp / 2) * ||w - w0||^2
+                        p.grad.add_(p.detach() - anchor, alpha=cfg.l2sp)
                 if cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
                 optimizer.step()
@@ -105,10 +114,12 @@ def fit(
                 record = {"stage": stage, "step": result.steps, "loss": loss, "lr": scheduler.get_last_lr()[0]}
                 if result.steps % eval_every == 0 or result.steps == total_steps:
                     val = evaluate(model, val_loader, task, accelerator, precision)
+                    if extra_validation:
+                        val |= extra_validation(model)
                     record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float)})
                     result.stopped_early = best.update(raw_model, result.steps, val)
                 log(record)
-                progress.step(**{k: v for k, v in record.items() if k in ("loss", "val_accuracy")})
+                progress.step(**{k: v for k, v in record.items() if k in ("loss", "val_accuracy", "val_perplexity")})
                 if result.steps >= total_steps or result.stopped_early:
                     break
     finally:
@@ -149,7 +160,10 @@ class _Best:
 
     def update(self, model: nn.Module, step: int, metrics: dict) -> bool:
         """Keep the weights if they validate best; True when patience has run out."""
-        score = -metrics["loss"] if self.metric == "loss" else metrics[self.metric]
+        if self.metric == "loss+general":
+            score = -(metrics["loss"] + metrics["general_loss"])
+        else:
+            score = -metrics["loss"] if self.metric == "loss" else metrics[self.metric]
         if score > self.score:
             self.score, self.state, self.step, self.metrics, self.stale = score, snapshot(model), step, metrics, 0
             return False

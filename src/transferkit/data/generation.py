@@ -1,0 +1,55 @@
+"""Examples for generation (instruction fine-tuning, continued pre-training).
+
+Each example becomes either a chat, {"messages": [{"role": ..., "content": ...}, ...]} whose last
+turn is the response to learn, or plain text, {"text": ...} in which every token is learned.
+A JSONL file may hold prompt/response pairs, chat `messages`, or plain `text`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import assets
+from ..errors import UserError
+from .corpus import read_passages
+from .tables import Examples, read_rows
+
+ROLES = ("system", "user", "assistant")
+
+
+def read_generation(name_or_path: str, text_column: str = "text") -> Examples:
+    """Generation examples from a JSONL / CSV file, a built-in corpus, or .txt files (plain text)."""
+    path = Path(name_or_path).expanduser()
+    if name_or_path in assets.CORPORA or path.suffix.lower() == ".txt" or path.is_dir():
+        return Examples([{"text": passage} for passage in read_passages(name_or_path)], None)
+    rows = read_rows(path)
+    if not rows:
+        raise UserError(f"data file '{path}' holds no examples; give at least one line")
+    return Examples([_example(row, text_column, f"{path}:{number}") for number, row in enumerate(rows, start=1)], None)
+
+
+def _example(row: dict, text_column: str, where: str) -> dict:
+    if "messages" in row:
+        return {"messages": _check_messages(row["messages"], where)}
+    if "prompt" in row or "response" in row:
+        prompt, response = row.get("prompt"), row.get("response")
+        if not isinstance(prompt, str) or not isinstance(response, str) or not response.strip():
+            raise UserError(f"{where} needs both 'prompt' and a non-empty 'response' as text; fill in the missing one")
+        return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]}
+    if isinstance(row.get(text_column), str) and row[text_column].strip():
+        return {"text": row[text_column]}
+    raise UserError(
+        f"{where} has none of the fields a generation example needs (prompt + response, messages, or {text_column}); "
+        "add them or remove the line"
+    )
+
+
+def _check_messages(messages, where: str) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise UserError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+    for turn in messages:
+        if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
+            raise UserError(f"{where}: each message needs a role ({', '.join(ROLES)}) and a text content")
+    if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+        raise UserError(f"{where}: the last message must be the assistant's (non-empty) response to learn")
+    return [{"role": t["role"], "content": t["content"]} for t in messages]
