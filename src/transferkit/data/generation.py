@@ -2,7 +2,8 @@
 
 Each example becomes either a chat, {"messages": [{"role": ..., "content": ...}, ...]} whose last
 turn is the response to learn, or plain text, {"text": ...} in which every token is learned.
-A JSONL file may hold prompt/response pairs, chat `messages`, or plain `text`.
+A JSONL file may hold prompt/response pairs, chat `messages`, or plain `text`. A built-in labelled
+dataset becomes a question per text whose answer is its label (bbc-news: the article's topic).
 """
 
 from __future__ import annotations
@@ -12,20 +13,34 @@ from pathlib import Path
 from .. import assets
 from ..errors import UserError
 from .corpus import read_passages
-from .tables import Examples, read_rows
+from .tables import Examples, read_builtin, read_rows
 
 ROLES = ("system", "user", "assistant")
+PROMPT_CHARS = 600  # a built-in labelled text is cut to its start when it becomes a prompt
 
 
 def read_generation(name_or_path: str, text_column: str = "text") -> Examples:
     """Generation examples from a JSONL / CSV file, a built-in corpus, or .txt files (plain text)."""
     path = Path(name_or_path).expanduser()
+    if name_or_path in assets.DATASETS and assets.DATASETS[name_or_path].modality == "text":
+        return labelled_as_chats(read_builtin(name_or_path))
     if name_or_path in assets.CORPORA or path.suffix.lower() == ".txt" or path.is_dir():
         return Examples([{"text": passage} for passage in read_passages(name_or_path)], None)
     rows = read_rows(path)
     if not rows:
         raise UserError(f"data file '{path}' holds no examples; give at least one line")
     return Examples([_example(row, text_column, f"{path}:{number}") for number, row in enumerate(rows, start=1)], None)
+
+
+def labelled_as_chats(examples: Examples, max_chars: int = PROMPT_CHARS) -> Examples:
+    """A labelled dataset as a generation task: given the text (its start), answer with its label."""
+    names = ", ".join(sorted(set(examples.labels)))
+    question = f"Which of these topics is the text about: {names}? Answer with the topic alone."
+    chats = [
+        {"messages": [{"role": "user", "content": f"{question}\n\n{text.strip()[:max_chars]}"}, {"role": "assistant", "content": label}]}
+        for text, label in zip(examples.inputs, examples.labels)
+    ]
+    return Examples(chats, None)
 
 
 def _example(row: dict, text_column: str, where: str) -> dict:
