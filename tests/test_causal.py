@@ -259,6 +259,11 @@ def test_prompt_longer_than_the_context(capsys, tiny_llama, llama_run, tmp_path)
     check_refused(capsys, llama_args(tiny_llama, data, llama_run, "full", task="generate"), llama_run, "longer than the model's context")
 
 
+def test_response_that_does_not_fit(capsys, tiny_llama, llama_run, tmp_path):
+    data = write_jsonl(tmp_path / "wordy.jsonl", [*toy_chats(10, 1), {"prompt": "which kind ?", "response": " ".join(["apple"] * 60)}])
+    check_refused(capsys, llama_args(tiny_llama, data, llama_run, "full", task="generate"), llama_run, "needs 69 tokens", "model.max_length")
+
+
 def test_more_shots_than_training_examples(capsys, tiny_llama, llama_run, tmp_path):
     data = write_csv(tmp_path / "small.csv", toy_rows(20, 3))
     check_refused(capsys, llama_args(tiny_llama, data, llama_run, **{"icl.shots": 500}), llama_run, "icl.shots=500", "training examples")

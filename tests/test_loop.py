@@ -55,14 +55,28 @@ def test_early_stopping_and_best_weights_restored():
     model = Linear()
     initial = model.layer.weight.detach().clone()
     log = []
-    # A rate so large that training only makes validation worse: early stopping ends it after
-    # `patience` validations, and the best weights (the initial ones, from before step 1) come back.
+    # A rate of zero: no validation improves on the one before step 1, so early stopping ends it
+    # after `patience` validations, and the initial weights (step 0) are the best.
     result = fit(model, make_loader(data, 8, True, 0), make_loader(data, 8, False, 0), Classification(["a", "b"]),
                  Accelerator(), cfg=train_cfg(**{"train.patience": 2, "train.eval_every_steps": 1, "train.metric": "loss"}),
                  lr=0.0, epochs=50, precision="fp32", log=log.append)
-    assert result.stopped_early and result.steps == 3  # one best, then two without improvement
+    assert result.stopped_early and result.steps == 2 and result.best_step == 0  # two without improvement
     assert torch.equal(model.layer.weight, initial)
-    assert [r["step"] for r in log] == [1, 2, 3] and all("val_loss" in r for r in log)
+    assert [r["step"] for r in log] == [1, 2] and all("val_loss" in r for r in log)
+
+
+def test_a_stage_that_only_hurts_returns_the_incoming_weights():
+    data = items(64)
+    torch.manual_seed(0)
+    model = Linear()
+    loaders = make_loader(data, 8, True, 0), make_loader(data, 64, False, 0)
+    task, cfg = Classification(["a", "b"]), train_cfg(**{"train.metric": "loss"})
+    first = fit(model, *loaders, task, Accelerator(), cfg=cfg, lr=0.05, epochs=10, precision="fp32")
+    trained = model.layer.weight.detach().clone()
+    # A huge rate: every validation is worse than the weights the first stage left, so they stay.
+    second = fit(model, *loaders, task, Accelerator(), cfg=cfg, lr=1e3, epochs=3, precision="fp32")
+    assert second.best_step == 0 and second.best_metrics["loss"] == first.best_metrics["loss"]
+    assert torch.equal(model.layer.weight, trained)
 
 
 def test_fit_learns_a_separable_problem():

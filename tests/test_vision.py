@@ -96,6 +96,24 @@ def test_lora_on_efficientnet_adapts_the_1x1_convolutions_and_keeps_batch_norm_f
         assert torch.allclose(reloaded(pixels), model.eval()(pixels), atol=1e-4)
 
 
+@needs_efficientnet
+def test_efficientnet_batch_norm_statistics_stay_when_fine_tuned_and_follow_scratch_training():
+    from transferkit.methods import full, scratch
+
+    model = vision.load_image_classifier("efficientnet-lite0", ["a", "b"], 32)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    statistics = lambda: torch.cat([m.running_mean for m in norms])  # noqa: E731
+    full.apply(model)
+    before = statistics()
+    model.train()(torch.randn(2, 3, 32, 32))
+    assert torch.equal(statistics(), before)  # fine-tuning keeps the ImageNet statistics
+    assert all(m.momentum == pytest.approx(0.01) for m in norms)  # EfficientNet's TensorFlow-style momentum
+    scratch.apply(model)
+    model.train()(torch.randn(2, 3, 32, 32))
+    # Random weights: the statistics follow the training batches at PyTorch's momentum.
+    assert all(m.momentum == 0.1 for m in norms) and not torch.equal(statistics(), torch.zeros_like(before))
+
+
 # --- the frozen backbone runs once ----------------------------------------------------------------
 
 

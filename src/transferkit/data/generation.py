@@ -16,7 +16,7 @@ from .corpus import read_passages
 from .tables import Examples, read_builtin, read_rows
 
 ROLES = ("system", "user", "assistant")
-PROMPT_CHARS = 600  # a built-in labelled text is cut to its start when it becomes a prompt
+PROMPT_CHARS = 400  # a built-in labelled text is cut to its start when it becomes a prompt
 
 
 def read_generation(name_or_path: str, text_column: str = "text") -> Examples:

@@ -48,7 +48,7 @@ def test_causal(model, examples: Examples, cfg, accelerator, progress: Progress 
     chats = [x["messages"] for x in examples.inputs if "messages" in x][: cfg.lm.generate_examples]
     if not chats:
         return test, {"samples": []}
-    prompts = [model.prompt_tokens(model.chat_prompt(model.demo_turns() + m[:-1]), i) for i, m in enumerate(chats, 1)]
+    prompts = [model.prompt_tokens(model.chat_prompt(model.demo_turns() + m[:-1])) for m in chats]
     progress.start("generating answers", len(prompts))
     answers = generate(model, prompts, cfg.lm.max_new_tokens, progress=progress)
     progress.close()

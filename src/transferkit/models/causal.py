@@ -180,8 +180,8 @@ class CausalLM(nn.Module):
             answer = [answers[index[y]] for y in examples.labels]
             return [{"input_ids": q + a, "labels": [-100] * len(q) + a} for q, a in zip(queries, answer)]
         items = []
-        for number, example in enumerate(examples.inputs, start=1):
-            items += self.encode_text(example["text"]) if "text" in example else [self.encode_chat(example["messages"], number)]
+        for example in examples.inputs:
+            items += self.encode_text(example["text"]) if "text" in example else [self.encode_chat(example["messages"])]
         return items
 
     def encode_text(self, text: str) -> list[dict]:
@@ -200,29 +200,36 @@ class CausalLM(nn.Module):
     def demo_turns(self) -> list[dict]:
         return [turn for chat in self.chat_demos for turn in chat]
 
-    def encode_chat(self, messages: list[dict], number: int = 1) -> dict:
-        """Prompt tokens (not learned) then response tokens (learned), cut to max_length."""
+    def encode_chat(self, messages: list[dict]) -> dict:
+        """Prompt tokens (not learned) then response tokens (learned), within max_length."""
         messages = self.demo_turns() + messages
         prompt_text = self.chat_prompt(messages[:-1])
         response = messages[-1]["content"] + self.tokenizer.eos_token
         if self.tokenizer.chat_template:
             full = self.tokenizer.apply_chat_template(messages, tokenize=False)
             response = full[len(prompt_text) :] if full.startswith(prompt_text) else response
-        prompt = self.prompt_tokens(prompt_text, number)
+        prompt = self.prompt_tokens(prompt_text, _describe(messages))
         answer = self.tokenizer(response, add_special_tokens=False)["input_ids"]
-        ids = (prompt + answer)[: self.max_length]
-        return {"input_ids": ids, "labels": [-100] * len(prompt) + ids[len(prompt) :]}
+        if len(prompt) + len(answer) > self.max_length:
+            # Cutting the response would cut its end-of-turn token too, and a model trained on
+            # cut responses learns never to stop.
+            raise UserError(
+                f"the example {_describe(messages)} needs {len(prompt) + len(answer)} tokens (prompt {len(prompt)}, response {len(answer)}), "
+                f"more than model.max_length={self.max_length}; raise model.max_length (the model holds {self.context_length}) "
+                "or shorten the example"
+            )
+        return {"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}
 
-    def prompt_tokens(self, prompt_text: str, number: int = 1) -> list[int]:
+    def prompt_tokens(self, prompt_text: str, example: str = "") -> list[int]:
         ids = self.tokenizer(prompt_text, add_special_tokens=not self.tokenizer.chat_template)["input_ids"]
         if len(ids) >= self.context_length:
             raise UserError(
-                f"the prompt of example {number} has {len(ids)} tokens, longer than the model's context "
+                f"the prompt {example} has {len(ids)} tokens, longer than the model's context "
                 f"({self.context_length}); shorten the prompt"
             )
         if len(ids) >= self.max_length:
             raise UserError(
-                f"the prompt of example {number} has {len(ids)} tokens and leaves no room for the response within "
+                f"the prompt {example} has {len(ids)} tokens and leaves no room for the response within "
                 f"model.max_length={self.max_length}; raise model.max_length (the model holds {self.context_length})"
             )
         return ids
@@ -261,6 +268,12 @@ class CausalLM(nn.Module):
         (folder / LM_FILE).write_text(json.dumps(spec, indent=2))
 
     trained = True  # the icl regime sets this to False: nothing to save but the prompt
+
+
+def _describe(messages: list[dict]) -> str:
+    """The start of an example's last prompt turn, to name it in an error."""
+    text = " ".join((messages[-2] if len(messages) > 1 else messages[-1])["content"].split())
+    return repr(text[:40] + ("..." if len(text) > 40 else ""))
 
 
 def load_causal_lm(name_or_path: str, task: str, prompt: LabelPrompt | None, max_length: int, trust_remote_code: bool = False,

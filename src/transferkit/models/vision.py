@@ -111,6 +111,11 @@ class ImageClassifier(nn.Module):
         super().__init__()
         self.net = net
         self.config = config
+        # Fine-tuning keeps the pre-trained batch-norm statistics (only the affine weights train):
+        # statistics of a few small batches from another domain (grey Fashion-MNIST after ImageNet)
+        # replace them and the loss jumps at the first step (Keras's fine-tuning guide does the same).
+        # Random weights have no statistics worth keeping: `reinitialize` turns this off.
+        self.keep_norm_statistics = True
 
     @property
     def label_names(self) -> list[str]:
@@ -141,7 +146,8 @@ class ImageClassifier(nn.Module):
         ]
 
     def train(self, mode: bool = True) -> ImageClassifier:
-        """Train mode, except batch norm whose weights are frozen: it keeps its pre-trained statistics.
+        """Train mode, except batch norm that keeps its pre-trained statistics: all of it while
+        `keep_norm_statistics`, else the layers whose weights are frozen.
 
         Without this a frozen backbone (LoRA, a frozen part) would still move its running
         means to the new data's, and normalise training batches by batch statistics.
@@ -149,7 +155,8 @@ class ImageClassifier(nn.Module):
         super().train(mode)
         for module in self.modules():
             params = list(module.parameters(recurse=False))
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
+            frozen = bool(params) and not any(p.requires_grad for p in params)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and (self.keep_norm_statistics or frozen):
                 module.eval()
         return self
 
@@ -177,6 +184,11 @@ class ImageClassifier(nn.Module):
         for module in self.net.modules():
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                # PyTorch's momentum: TensorFlow-style 0.01 (EfficientNet's) lets the running statistics
+                # lag far behind weights that start random, and the eval-mode network predicts one class.
+                module.momentum = 0.1
+        self.keep_norm_statistics = False
 
     def save(self, folder: Path) -> None:
         """model.safetensors + vision.json. LoRA updates are merged in: the folder is a plain network."""

@@ -90,8 +90,14 @@ def fit(
     # L2-SP: the weights as this stage found them (pre-trained, for a one-stage regime) anchor the penalty.
     anchors = [p.detach().clone() for p in trainable] if cfg.l2sp else []
 
+    def validate() -> dict:
+        val = evaluate(model, val_loader, task, accelerator, precision)
+        return (val | extra_validation(model)) if extra_validation else val
+
     result = FitResult()
-    best = _Best(raw_model, cfg.metric, cfg.patience)
+    # Validated before the first step: a stage that only makes things worse hands back the
+    # weights it was given (the previous stage's best), not its own least bad ones.
+    best = _Best(raw_model, cfg.metric, cfg.patience, validate())
     progress.start(stage, total_steps)
     started = time.perf_counter()
     try:
@@ -113,9 +119,7 @@ def fit(
                 result.examples += count
                 record = {"stage": stage, "step": result.steps, "loss": loss, "lr": scheduler.get_last_lr()[0]}
                 if result.steps % eval_every == 0 or result.steps == total_steps:
-                    val = evaluate(model, val_loader, task, accelerator, precision)
-                    if extra_validation:
-                        val |= extra_validation(model)
+                    val = validate()
                     record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float)})
                     result.stopped_early = best.update(raw_model, result.steps, val)
                 log(record)
@@ -153,17 +157,23 @@ def _accumulate(model: nn.Module, group: list[dict], task, accelerator: Accelera
 class _Best:
     """The best validated weights so far, for early stopping and the final restore."""
 
-    def __init__(self, model: nn.Module, metric: str, patience: int | None):
+    def __init__(self, model: nn.Module, metric: str, patience: int | None, metrics: dict):
+        """`metrics`: the validation of the incoming weights (step 0), the ones to beat."""
         self.metric, self.patience = metric, patience
-        # Before any validation the pre-trained weights are the last good ones.
-        self.score, self.state, self.step, self.metrics, self.stale = -math.inf, snapshot(model), 0, {}, 0
+        self.score, self.state, self.step, self.metrics, self.stale = self._score(metrics), snapshot(model), 0, metrics, 0
+
+    def _score(self, metrics: dict) -> tuple[float, ...]:
+        """Higher is better. Accuracy and macro-F1 often tie on a small validation set (with the
+        incoming weights too, whose head may be untrained): the lower loss breaks the tie."""
+        if self.metric == "loss+general":
+            return (-(metrics["loss"] + metrics["general_loss"]),)
+        if self.metric == "loss":
+            return (-metrics["loss"],)
+        return metrics[self.metric], -metrics["loss"]
 
     def update(self, model: nn.Module, step: int, metrics: dict) -> bool:
         """Keep the weights if they validate best; True when patience has run out."""
-        if self.metric == "loss+general":
-            score = -(metrics["loss"] + metrics["general_loss"])
-        else:
-            score = -metrics["loss"] if self.metric == "loss" else metrics[self.metric]
+        score = self._score(metrics)
         if score > self.score:
             self.score, self.state, self.step, self.metrics, self.stale = score, snapshot(model), step, metrics, 0
             return False
