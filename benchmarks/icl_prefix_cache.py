@@ -23,6 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def setup(dataset: str, shots: str, test_size: int, max_length: int):
     """The model with its demonstrations chosen exactly as `transferkit train --regime icl` does."""
+    import torch
+
     import transferkit
     from transferkit.data.splits import load_splits
     from transferkit.models import load_model
@@ -33,6 +35,7 @@ def setup(dataset: str, shots: str, test_size: int, max_length: int):
     seed_everything(0)
     splits = load_splits(cfg.data, 0)
     model = load_model(cfg, splits.label_names).eval()
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
     _choose_demonstrations(cfg, model, splits)
     return cfg, model, splits
 
