@@ -171,14 +171,15 @@ def test_forgetting_zero_lr_reports_none_and_huge_lr_a_lot(tiny_llama, toy_chat_
 
 
 def test_encoder_forgetting_cka_and_probe(tiny_bert, toy_csv, general_text, tmp_path):
-    common = {"forgetting.corpus": str(general_text), "forgetting.probe_size": 60, "train.epochs": 2}
+    common = {"forgetting.corpus": str(general_text), "forgetting.probe_size": 60}
     frozen = train(None, tiny_overrides(tiny_bert, toy_csv, tmp_path / "freeze", "freeze", **common))
-    wild = train(None, tiny_overrides(tiny_bert, toy_csv, tmp_path / "full", "full", **common, **{"train.lr": 0.05}))
+    tuned = train(None, tiny_overrides(tiny_bert, toy_csv, tmp_path / "full", "full", **common, **{"train.epochs": 8, "train.lr": 3e-3}))
     f = frozen.metrics["forgetting"]
     assert f["representation_cka"] == pytest.approx(1.0, abs=1e-9)
     if "probe_accuracy_change" in f:
         assert f["probe_accuracy_change"] == 0
-    assert wild.metrics["forgetting"]["representation_cka"] < 0.9
+    # Full fine-tuning that learned the task moved the representations of general text.
+    assert tuned.test_accuracy >= 0.9 and tuned.metrics["forgetting"]["representation_cka"] < 0.999
 
 
 def test_replay_mixes_general_text_at_the_ratio(tiny_llama, toy_chat_file, general_text, tmp_path):
