@@ -103,6 +103,17 @@ def quick_overrides(model: Path, data: Path, out: Path, regime: str, **extra) ->
     return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
 
 
+def check_step(module, trainable: dict, frozen_before: dict) -> None:
+    """Regime invariants after a backward pass: every trainable parameter has a finite gradient, and
+    after an optimizer step every frozen parameter is bit-identical to `frozen_before`."""
+    for name, p in trainable.items():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    torch.optim.AdamW(trainable.values(), lr=1e-2).step()
+    for name, p in module.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(p, frozen_before[name]), name
+
+
 def tiny_overrides(model: Path, data: Path, out: Path, regime: str, **extra) -> list[str]:
     """A quick run on the tiny BERT and the toy texts."""
     return quick_overrides(model, data, out, regime, **{"model.max_length": 16, **extra})

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TOY_LABELS, llama_overrides, tiny_overrides, toy_chats, toy_rows, write_csv, write_jsonl
-from test_cli_errors import check_refused, fingerprint
+from conftest import TOY_LABELS, check_step, llama_overrides, tiny_overrides, toy_chats, toy_rows, write_csv, write_jsonl
+from test_cli_errors import check_refused
 from transferkit import cli, load_config, train
 from transferkit.data.tables import Examples
 from transferkit.eval.scoring import label_scores
@@ -66,12 +66,7 @@ def test_causal_regime_invariants(regime, tiny_llama, tmp_path):
     logits = model(batch["input_ids"], batch["attention_mask"])
     assert logits.shape[:2] == batch["input_ids"].shape
     LanguageModeling().loss_sum(logits, batch).backward()
-    for name, p in trainable.items():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    torch.optim.AdamW(trainable.values(), lr=1e-2).step()
-    for name, p in model.named_parameters():
-        if name in frozen_before:
-            assert torch.equal(p, frozen_before[name]), name
+    check_step(model, trainable, frozen_before)
 
 
 def test_lora_at_init_equals_the_base_model(tiny_llama, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from transformers.models.bert import modeling_bert
 
 from conftest import tiny_overrides

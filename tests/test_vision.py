@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from conftest import IMAGE_LABELS, image_overrides, toy_image, write_toy_images
-from test_cli_errors import check_refused, fingerprint
+from test_cli_errors import check_refused
 from transferkit import UserError, assets, cli, load_config, train
 from transferkit.data.images import ImageItems, open_rgb, random_resized_crop, resize_center_crop
 from transferkit.data.splits import load_splits

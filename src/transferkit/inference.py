@@ -28,7 +28,8 @@ def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     """The trained model of a run folder (fp32, eval mode) and the config it was trained with."""
     run_dir = check_run_dir(run_dir)
     model, cfg = load_saved_model(run_dir / "model"), load_config(run_dir / "config.yaml")
-    model.calibrate = cfg.icl.calibrate  # a causal LM's label scores are calibrated as in training
+    # A causal LM's label scores are calibrated as they were in testing.
+    model.content_free = cfg.icl.content_free if cfg.icl.calibrate else None
     return model, cfg
 
 
@@ -66,7 +67,7 @@ def predict_proba(model, inputs: list, batch_size: int = 32) -> torch.Tensor:
     if getattr(model, "task", None) == "classify":  # a causal LM: score each label's verbaliser
         from .eval.causal import label_probabilities
 
-        return label_probabilities(model, inputs, model.calibrate)
+        return label_probabilities(model, inputs, model.content_free)
     items = _Indexed(model.encode(Examples(inputs, None)))
     probs = torch.empty(len(inputs), len(model.label_names))
     model.eval()

@@ -279,10 +279,8 @@ def _start_forgetting(cfg: RunConfig, model, accelerator, precision: str, progre
 
 def _replay_items(cfg: RunConfig, model: CausalLM, n_task: int) -> list[dict]:
     """General-text blocks to mix into training: `ratio` of the mixed training set."""
-    from .data.corpus import general_parts
+    from .data.corpus import general_parts, read_passages
     from .eval.forgetting import text_blocks
-
-    from .data.corpus import read_passages
 
     corpus = cfg.replay.corpus or cfg.forgetting.corpus
     # Replaying the forgetting corpus uses its other half: forgetting is never measured on replayed text.
@@ -297,11 +295,11 @@ def _replay_items(cfg: RunConfig, model: CausalLM, n_task: int) -> list[dict]:
 def _general_validation(cfg: RunConfig, model: CausalLM, accelerator, precision: str):
     """For metric loss+general: the loss on a small held-out slice of general text, at each validation."""
     from .data.corpus import general_parts
-    from .eval.forgetting import general_loss, text_blocks
+    from .eval.forgetting import language_model_metrics, text_blocks
 
     held_out, _ = general_parts(cfg.forgetting.corpus)
     items = text_blocks(model, held_out[::-1], min(cfg.forgetting.tokens, 16 * model.max_length))
-    return lambda m: {"general_loss": general_loss(model, items, accelerator, precision)}
+    return lambda _: {"general_loss": language_model_metrics(model, items, accelerator, precision)["loss"]}
 
 
 def _eval_loader(items: list[dict], pad_id: int):

@@ -16,16 +16,21 @@ from .scoring import calibrated, label_scores
 SAMPLES = 8  # sample answers kept for the report
 
 
-def label_probabilities(model, texts: list[str], calibrate: bool, content_free: str = "N/A", progress: Progress | None = None) -> torch.Tensor:
-    """(N, L) probability of each label, from the verbalisers' log-likelihoods (calibrated if asked)."""
+def verbaliser_scores(model, texts: list[str], progress: Progress | None = None) -> torch.Tensor:
+    """(N, L) log-likelihood of each label's verbaliser after the prompt and each text."""
     progress = progress or Progress()
     queries = [model.prompt.query_ids(model.tokenizer, t, model.max_length) for t in texts]
     progress.start("scoring labels", len(queries) * len(model.label_names))
     scores = label_scores(model, queries, progress=progress)
     progress.close()
-    if calibrate:
-        free = label_scores(model, [model.prompt.query_ids(model.tokenizer, content_free, model.max_length)])
-        scores = calibrated(scores, free)
+    return scores
+
+
+def label_probabilities(model, texts: list[str], content_free: str | None = None, progress: Progress | None = None) -> torch.Tensor:
+    """(N, L) probability of each label; calibrated against `content_free` when one is given."""
+    scores = verbaliser_scores(model, texts, progress)
+    if content_free is not None:
+        scores = calibrated(scores, verbaliser_scores(model, [content_free]))
     return scores.softmax(-1)
 
 
@@ -35,13 +40,12 @@ def test_causal(model, examples: Examples, cfg, accelerator, progress: Progress 
     model.eval()
     if model.task == "classify":
         calibrate = cfg.icl.calibrate
-        raw = label_probabilities(model, examples.inputs, False, progress=progress)
+        scores = verbaliser_scores(model, examples.inputs, progress)
         extra = {"prompt": {"shots": len(model.demos), "prefix_tokens": len(model.prefix_ids()), "calibrated": calibrate}}
-        if not calibrate:
-            return _label_metrics(raw, examples.labels, model.label_names), extra
-        free = label_scores(model, [model.prompt.query_ids(model.tokenizer, cfg.icl.content_free, model.max_length)])
-        extra["test_uncalibrated"] = _label_metrics(raw, examples.labels, model.label_names)
-        return _label_metrics(calibrated(raw.log(), free), examples.labels, model.label_names), extra
+        if calibrate:  # both results: what calibration changed is worth seeing
+            extra["test_uncalibrated"] = _label_metrics(scores, examples.labels, model.label_names)
+            scores = calibrated(scores, verbaliser_scores(model, [cfg.icl.content_free]))
+        return _label_metrics(scores, examples.labels, model.label_names), extra
 
     loader = make_loader(model.encode(examples), 16, shuffle=False, seed=0, pad_id=model.pad_id)
     test = evaluate(model, loader, LanguageModeling(), accelerator, "fp32")

@@ -30,9 +30,14 @@ def text_blocks(model, passages: list[str], tokens: int) -> list[dict]:
     return [{"input_ids": b, "labels": list(b)} for b in blocks if len(b) > 1]
 
 
-def perplexity(model, items: list[dict], accelerator, precision: str) -> float:
+def language_model_metrics(model, items: list[dict], accelerator, precision: str) -> dict:
+    """Loss, perplexity and next-token accuracy of a causal LM on language-model items."""
     loader = make_loader(items, 16, shuffle=False, seed=0, pad_id=model.pad_id)
-    return evaluate(model, loader, LanguageModeling(), accelerator, precision)["perplexity"]
+    return evaluate(model, loader, LanguageModeling(), accelerator, precision)
+
+
+def perplexity(model, items: list[dict], accelerator, precision: str) -> float:
+    return language_model_metrics(model, items, accelerator, precision)["perplexity"]
 
 
 class CausalForgetting:
@@ -146,9 +151,3 @@ def probe_splits(cfg, seed: int = 0):
     pool = pool.subset(stratified_subset(pool.labels, cfg.forgetting.probe_size, seed, "forgetting.probe_size"))
     parts = stratified_split(pool.labels, {"test": 1 / 3}, seed)
     return pool.subset(parts["train"]), pool.subset(parts["test"]), name
-
-
-def general_loss(model, items, accelerator, precision) -> float:
-    """Language-model loss on general text (for the loss+general validation criterion)."""
-    loader = make_loader(items, 16, shuffle=False, seed=0, pad_id=model.pad_id)
-    return evaluate(model, loader, LanguageModeling(), accelerator, precision)["loss"]

@@ -143,6 +143,7 @@ class CausalLM(nn.Module):
         self.hf, self.tokenizer, self.max_length, self.task, self.prompt, self.base = hf, tokenizer, max_length, task, prompt, base
         self.demos: list[tuple[str, int]] = []  # in-context demonstrations (regime icl): (text, label index)
         self.chat_demos: list[list[dict]] = []  # the same for generation: earlier chats, turn by turn
+        self.trained = True  # the icl regime sets False: its folder keeps only the prompt
 
     @property
     def pad_id(self) -> int:
@@ -266,8 +267,6 @@ class CausalLM(nn.Module):
             "weights": "saved" if self.trained else "base_model",
         }
         (folder / LM_FILE).write_text(json.dumps(spec, indent=2))
-
-    trained = True  # the icl regime sets this to False: nothing to save but the prompt
 
 
 def _describe(messages: list[dict]) -> str:
