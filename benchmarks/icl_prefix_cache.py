@@ -5,9 +5,9 @@ key/value cache reused for every query, against scoring every full prompt from s
     .venv/bin/python benchmarks/icl_prefix_cache.py --accuracy            # + accuracy for k = 0, 8, max, raw and calibrated
     .venv/bin/python benchmarks/icl_prefix_cache.py --queries 20 --repeats 1   # a quick look
 
-Both paths score exactly the same token ids in fp32 (the naive one batches the labels of one query
-per model call, as a careful user would); the script checks that every prediction agrees and
-prints the time ratio, medians over --repeats.
+Both paths score exactly the same token ids in fp32 and batch (query, label) rows into model calls
+under the same token budget; the only difference is the reused prefix cache. The script checks
+that every prediction agrees and prints the time ratio, medians over --repeats.
 """
 
 from __future__ import annotations
