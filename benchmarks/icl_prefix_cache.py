@@ -78,7 +78,7 @@ def speed(args) -> dict:
     return result
 
 
-def accuracy(args) -> list[dict]:
+def accuracy(args, save=lambda rows: None) -> list[dict]:
     from transferkit.eval.causal import _label_metrics
     from transferkit.eval.scoring import calibrated, label_scores
 
@@ -94,6 +94,7 @@ def accuracy(args) -> list[dict]:
         row = {"dataset": dataset, "shots": len(model.demos), "asked": shots, "prefix_tokens": len(model.prefix_ids()),
                "accuracy": raw, "accuracy_calibrated": cal, "majority_class": majority, "seconds": seconds}  # fmt: skip
         rows.append(row)
+        save(rows)  # many-shot rows take minutes on a CPU: keep what is measured
         print(f"{dataset:<16} k = {row['shots']:>3} ({row['prefix_tokens']:>5} prefix tokens): accuracy {raw:.3f} raw, "
               f"{cal:.3f} calibrated (majority class {majority:.3f}; {seconds:.0f} s)", flush=True)
     return rows
@@ -108,11 +109,17 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     out = {"speed": speed(args)}
+
+    def save(rows: list[dict] | None = None) -> None:
+        if rows is not None:
+            out["accuracy"] = rows
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=2)
+
+    save()
     if args.accuracy:
-        out["accuracy"] = accuracy(args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        accuracy(args, save)
 
 
 if __name__ == "__main__":
