@@ -32,9 +32,10 @@ def test_lora_sft_beats_the_zero_shot_prompt(tmp_path, capsys):
     common = ["configs/smollm2/sft-lora.yaml", "data.train_size=200", "data.test_size=50", "lm.generate_examples=50", "train.epochs=1"]
     zero = train(common[0], common[1:] + [f"output={tmp_path / 'zero'}", "regime=icl", "icl.shots=0"])
     tuned = train(common[0], common[1:] + [f"output={tmp_path / 'lora'}"])
-    print("zero-shot", zero.metrics["test"], "lora", tuned.metrics["test"])
-    assert tuned.metrics["test"]["loss"] < zero.metrics["test"]["loss"]
-    assert tuned.metrics["test"]["exact_match"] >= 0.6 > zero.metrics["test"]["exact_match"]
+    figures = f"zero-shot {zero.metrics['test']}, lora {tuned.metrics['test']}"
+    assert tuned.metrics["test"]["loss"] < zero.metrics["test"]["loss"], figures
+    assert tuned.metrics["test"]["exact_match"] >= 0.6 > zero.metrics["test"]["exact_match"], figures
+    capsys.readouterr()  # what the runs printed is not the prediction
     assert cli.main(["predict", str(tuned.dir), "--prompt", "Which of these topics is the text about: business, "
                      "entertainment, politics, sport, tech? Answer with the topic alone.\n\nThe striker scored twice."]) == 0  # fmt: skip
     assert capsys.readouterr().out.strip().lower().startswith("sport")
