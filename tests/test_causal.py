@@ -87,7 +87,7 @@ def test_causal_classifier_learns_the_verbalisers(regime, tiny_llama, toy_csv, t
     assert run.metrics["prompt"]["shots"] == 0
 
 
-def test_generation_sft_beats_the_zero_shot_prompt(tiny_llama, toy_chat_file, tmp_path):
+def test_generation_sft_beats_the_zero_shot_prompt(tiny_llama, toy_chat_file, tmp_path, capsys):
     common = {"task": "generate", "model.max_length": 64, "train.epochs": 3, "train.lr": 3e-3}
     zero = train(None, llama_overrides(tiny_llama, toy_chat_file, tmp_path / "zero", "icl", **common, **{"icl.shots": 0}))
     tuned = train(None, llama_overrides(tiny_llama, toy_chat_file, tmp_path / "full", "full", **common))
@@ -97,6 +97,9 @@ def test_generation_sft_beats_the_zero_shot_prompt(tiny_llama, toy_chat_file, tm
     log = [json.loads(line) for line in (tuned.dir / "metrics.jsonl").read_text().splitlines()]
     assert tuned.metrics["validation"]["loss"] < log[0]["loss"]
     assert tuned.metrics["samples"] and "generated" in tuned.metrics["samples"][0]
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tuned.dir)]) == 0  # a generation run's metrics as a table
+    assert "perplexity" in capsys.readouterr().out
 
 
 def test_response_tokens_alone_are_learned(tiny_llama, tmp_path):

@@ -6,7 +6,10 @@ import sys
 
 
 def format_metrics(metrics: dict) -> str:
-    """Accuracy, macro-F1, a per-class table and the confusion matrix as text."""
+    """Accuracy, macro-F1, a per-class table and the confusion matrix as text (or, for a language
+    model, loss, perplexity and exact match)."""
+    if "accuracy" not in metrics:
+        return "\n".join(f"{key:<20}{value:.4f}" if isinstance(value, float) else f"{key:<20}{value}" for key, value in metrics.items())
     lines = [f"accuracy  {metrics['accuracy']:.4f}", f"macro-F1  {metrics['macro_f1']:.4f}", f"examples  {metrics['examples']}", ""]
     names = list(metrics["per_class"])
     width = max(len(n) for n in names + ["class"])
