@@ -61,7 +61,6 @@ def run_transferkit(regime: str, settings: dict, train_size: int | None) -> dict
 def run_trainer(regime: str, settings: dict, train_size: int | None, bf16: bool) -> dict:
     """What a user of the peer writes: Trainer, DataCollatorWithPadding, peft for LoRA."""
     import numpy as np
-    import torch
     import transformers
     from transformers import (
         AutoModelForSequenceClassification,

@@ -4,6 +4,7 @@ prefix, forgetting, replay, artefacts, and the bad-input contract."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -284,3 +285,24 @@ def test_icl_needs_a_causal_lm(capsys, tiny_bert, toy_csv, llama_run):
 
 def test_freeze_refuses_a_causal_lm(capsys, tiny_llama, toy_csv, llama_run):
     check_refused(capsys, llama_args(tiny_llama, toy_csv, llama_run, "freeze"), llama_run, "use full, lora, prompt or icl")
+
+
+def test_compare_of_generation_runs_shows_their_metrics_and_forgetting(tiny_llama, toy_chat_file, general_text, tmp_path, capsys):
+    """A comparison of generate-task runs: its own metrics in the table, icl beside training, forgetting
+    as a column, a report without a confusion matrix (there are no classes)."""
+    from transferkit.compare import compare
+
+    extra = {"task": "generate", "model.max_length": 64, "train.epochs": 3, "train.lr": 3e-3, "icl.shots": 0,
+             "forgetting.corpus": str(general_text), "forgetting.tokens": 512}  # fmt: skip
+    base = load_config(None, llama_overrides(tiny_llama, toy_chat_file, tmp_path / "unused", "full", **extra))
+    result = compare(base, ["icl", "full"], output=tmp_path / "cmp")
+    icl, full = result.rows
+    assert icl["parameters_trained"] == 0 and icl["forgetting_perplexity_change"] == 0.0
+    assert full["exact_match"] > icl["exact_match"] and full["perplexity"] < icl["perplexity"]
+    assert full["forgetting_perplexity_change"] != 0.0
+    header = (result.dir / "compare.md").read_text().splitlines()[0]
+    assert "exact match" in header and "general ppl change" in header and "| accuracy |" not in header
+    page = (result.dir / "report.html").read_text()
+    plots = re.findall(r"class='plot' alt='([^']*)'", page)
+    assert plots == ["cost against quality", "learning curves full"]  # icl trains nothing; no classes, no confusion
+    assert "standard deviation of exact match" in page

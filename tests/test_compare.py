@@ -37,6 +37,15 @@ def test_compare_measures_every_regime_and_size(comparison):
     assert (comparison.dir / "compare.md").read_text().count("\n") == 8  # header, rule, six rows
 
 
+def test_plan_reads_the_learning_curve_a_comparison_wrote(comparison):
+    from transferkit.planning.advice import read_curve
+
+    points = read_curve(comparison.dir / "compare.json")
+    assert sorted((p.regime, p.train_size) for p in points) == sorted(
+        (r["regime"], r["trained_examples"]) for r in comparison.rows)  # 'all' becomes the count it was
+    assert {p.train_size for p in points} == {12, comparison.rows[-1]["trained_examples"]} and all(0 <= p.accuracy <= 1 for p in points)
+
+
 def test_comparison_report_embeds_its_plots(comparison):
     page = (comparison.dir / "report.html").read_text()
     assert page.count("class='plot'") >= 4  # cost/quality, accuracy by size, learning curves, confusion

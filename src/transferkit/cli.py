@@ -45,7 +45,8 @@ EXAMPLES = {
   transferkit plan --model ./Llama-3-8B --regime lora --precision bf16 --batch 4 --seq 2048 --gpu-memory 24GiB
   transferkit plan --model minilm-l6 --data reviews.csv      # memory plus which regime fits this data
   transferkit plan --model ./big-model/config.json --examples 20 --classes 3 --gpu-memory 80G --json
---learning-curve reads results of an earlier comparison, as JSON:
+  transferkit plan --model minilm-l6 --examples 300 --learning-curve runs/compare-reviews/compare.json
+--learning-curve reads an earlier comparison's compare.json, or results you measured, as JSON:
   {"results": [{"regime": "full", "train_size": 100, "accuracy": 0.81}, ...]}""",
 }
 
@@ -299,7 +300,7 @@ def _predict_images(args, model) -> None:
 
 
 def cmd_compare(args) -> None:
-    from .compare import compare, text_table
+    from .compare import compare, headline_metric, text_table
     from .config import load_config
 
     config_path, overrides = _split_config_args(args.config_and_overrides)
@@ -318,12 +319,14 @@ def cmd_compare(args) -> None:
         where = f"[{i}/{n}] {row['regime']:<8} train size {row['train_size']!s:<5} seed {row['seed']}"
         if "error" in row:
             print(f"{where}  failed: {row['error']}", flush=True)
-        elif "accuracy" in row:
-            print(f"{where}  accuracy {row['accuracy']:.4f}  {row['seconds']:.0f} s  peak {row['peak_memory_mb']:.0f} MB", flush=True)
+        elif "seconds" in row:
+            metric = headline_metric([row])
+            quality = f"{metric.replace('_', ' ')} {row[metric]:.4f}"
+            print(f"{where}  {quality}  {row['seconds']:.0f} s  peak {row['peak_memory_mb']:.0f} MB", flush=True)
         else:
             print(f"{where}  running ...", flush=True)
 
-    result = compare(base, [r.strip() for r in args.regimes.split(",")], sizes, seeds, args.output, on_run)
+    result = compare(base, [r.strip() for r in args.regimes.split(",")], sizes, seeds, args.output, on_run, bars=True)
     print()
     print(text_table(result.summary))
     print(f"\ntable: {result.dir / 'compare.md'}  data: {result.dir / 'compare.json'}  report: {result.dir / 'report.html'}")
@@ -452,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", help="column with the label (default: label)")
     p.add_argument("--examples", type=int, help="instead of --data: how many labelled examples you have")
     p.add_argument("--classes", type=int, help="with --examples: how many classes (default: 2, assumed balanced)")
-    p.add_argument("--learning-curve", help="JSON results of an earlier comparison (see below)")
+    p.add_argument("--learning-curve", help="compare.json of an earlier comparison, or results you measured (see below)")
     p.add_argument("--json", action="store_true", help="print the whole breakdown as JSON")
     return parser
 

@@ -39,10 +39,12 @@ def compare(
     seeds: list[int] = (0,),
     output: str | Path | None = None,
     on_run: Callable[[int, int, dict], None] = lambda i, n, row: None,
+    bars: bool = False,
 ) -> Comparison:
     """Run every regime x train size x seed on `base`'s model and data; write the table and report.
 
-    `on_run(i, n, row)` is called before each run (row without results) and after it (with them).
+    `on_run(i, n, row)` is called before each run (row without results) and after it (with them);
+    `bars` draws each run's progress bars (stderr), labelled with the run's place in the comparison.
     """
     unknown = [r for r in regimes if r not in METHODS]
     if unknown:
@@ -58,7 +60,7 @@ def compare(
         row = {"regime": regime, "train_size": size or "all", "seed": seed, "run": str(cfg.run_dir)}
         on_run(i, len(plans), row)
         try:
-            row.update(_measure(cfg))
+            row.update(_measure(cfg, f"[{i}/{len(plans)}] {regime}" if bars else None))
         except UserError as e:  # one regime failing (a NaN loss, say) should not lose the others
             row["error"] = str(e)
         result.rows.append(row)
@@ -80,51 +82,74 @@ def _run_config(base: RunConfig, out: Path, regime: str, size: int | None, seed:
     return load_config(base, overrides)
 
 
-def _measure(cfg: RunConfig) -> dict:
+def _measure(cfg: RunConfig, bar_prefix: str | None = None) -> dict:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        metrics = pool.apply(_train_in_child, (cfg,))
-    return {
-        "accuracy": metrics["test"]["accuracy"],
-        "macro_f1": metrics["test"]["macro_f1"],
+        metrics = pool.apply(_train_in_child, (cfg, bar_prefix))
+    epochs = sum(s["epochs"] for s in metrics["stages"])  # icl: no stages, nothing trained
+    row = {name: metrics["test"][name] for name in ALL_QUALITY if name in metrics["test"]}
+    row |= _forgetting(metrics.get("forgetting"))
+    return row | {
         "trained_examples": metrics["data"]["train"],
         "parameters_trained": metrics["parameters"]["trainable"],
         "parameters_trained_percent": metrics["parameters"]["trainable_percent"],
-        "peak_memory_mb": metrics["peak_rss_mb"],
+        # On a GPU the process's resident memory says little about what the run needed there.
+        "peak_memory_mb": metrics.get("peak_gpu_mb") or metrics["peak_rss_mb"],
         "seconds": metrics["train_seconds"],
-        "examples_per_second": metrics["data"]["train"] * sum(s["epochs"] for s in metrics["stages"]) / metrics["train_seconds"],
+        "examples_per_second": metrics["data"]["train"] * epochs / max(metrics["train_seconds"], 1e-9),
         "artefact_mb": metrics["model_size_mb"],
     }
 
 
-def _train_in_child(cfg: RunConfig) -> dict:
+def _forgetting(f: dict | None) -> dict:
+    """The forgetting figures a table row keeps (see eval/forgetting.py for the measurements)."""
+    if not f:
+        return {}
+    keys = {"general_perplexity_change": "forgetting_perplexity_change", "representation_cka": "forgetting_cka",
+            "probe_accuracy_change": "forgetting_probe_change"}  # fmt: skip
+    return {row_key: f[key] for key, row_key in keys.items() if f.get(key) is not None}
+
+
+def _train_in_child(cfg: RunConfig, bar_prefix: str | None) -> dict:
     import warnings
 
+    from .report.text import BarProgress
     from .runs import train
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # as the CLI does: library deprecations are noise here
 
-    metrics = train(cfg).metrics
+    metrics = train(cfg, progress=BarProgress(bar_prefix) if bar_prefix is not None else None).metrics
     metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return metrics
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Medians over seeds per (regime, train size); the metric's standard deviation as its spread."""
+    """Medians over seeds per (regime, train size); the headline metric's standard deviation as its spread."""
+    headline = headline_metric(rows)
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["regime"], row["train_size"]), []).append(row)
     summary = []
     for (regime, size), runs in groups.items():
-        accuracies = [r["accuracy"] for r in runs]
         numeric = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and k not in ("seed", "train_size")]
         entry = {"regime": regime, "train_size": size, "seeds": len(runs)}
         entry.update({k: statistics.median(r[k] for r in runs) for k in numeric})
-        entry["accuracy_std"] = statistics.stdev(accuracies) if len(runs) > 1 else 0.0
+        entry["spread"] = statistics.stdev(r[headline] for r in runs) if len(runs) > 1 else 0.0
         summary.append(entry)
     return summary
 
 
-COLUMNS = [
+# The test metrics a comparison keeps, per task; the first one each row has is the headline: its
+# spread over seeds is shown, the plots draw it and the report's best run is chosen by it. All are
+# higher-is-better except perplexity, which is never the headline.
+QUALITY = {
+    "classify": [("accuracy", "accuracy", "{:.4f}"), ("macro_f1", "macro-F1", "{:.4f}")],
+    "generate": [("exact_match", "exact match", "{:.4f}"), ("token_accuracy", "token accuracy", "{:.4f}"),
+                 ("perplexity", "perplexity", "{:.2f}")],
+}
+ALL_QUALITY = [key for columns in QUALITY.values() for key, _, _ in columns]
+HEADLINES = ["accuracy", "exact_match", "token_accuracy"]
+
+COST = [
     ("regime", "regime", "{}"),
     ("train_size", "train size", "{}"),
     ("parameters_trained", "params trained", "{:,.0f}"),
@@ -132,22 +157,38 @@ COLUMNS = [
     ("peak_memory_mb", "peak MB", "{:,.0f}"),
     ("seconds", "time s", "{:.1f}"),
     ("examples_per_second", "examples/s", "{:.1f}"),
-    ("accuracy", "accuracy", "{:.4f}"),
-    ("accuracy_std", "± (seeds)", "{:.4f}"),
-    ("macro_f1", "macro-F1", "{:.4f}"),
-    ("artefact_mb", "artefact MB", "{:.1f}"),
+]
+FORGETTING = [
+    ("forgetting_perplexity_change", "general ppl change", "{:+.1%}"),
+    ("forgetting_cka", "CKA after", "{:.3f}"),
+    ("forgetting_probe_change", "probe change", "{:+.4f}"),
 ]
 
 
+def headline_metric(rows: list[dict]) -> str:
+    """The quality metric every row has that leads the table: accuracy, else exact match, else token accuracy."""
+    return next(key for key in HEADLINES if all(key in r for r in rows))
+
+
+def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """(key, title, format) of the table's columns: cost, the task's metrics, forgetting where measured."""
+    quality = [c for c in QUALITY["classify"] + QUALITY["generate"] if all(c[0] in r for r in rows)]
+    quality.insert(1, ("spread", "± (seeds)", "{:.4f}"))
+    forgetting = [c for c in FORGETTING if all(c[0] in r for r in rows)]
+    return COST + quality + forgetting + [("artefact_mb", "artefact MB", "{:.1f}")]
+
+
 def markdown_table(summary: list[dict], failed: list[dict] = ()) -> str:
-    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    cols = columns(summary)
+    lines = ["| " + " | ".join(title for _, title, _ in cols) + " |", "|" + "---|" * len(cols)]
     for row in summary:
-        lines.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |")
+        lines.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in cols) + " |")
     lines += [f"\nfailed: {row['regime']} (train size {row['train_size']}, seed {row['seed']}): {row['error']}" for row in failed]
     return "\n".join(lines) + "\n"
 
 
 def text_table(summary: list[dict]) -> str:
-    cells = [[title for _, title, _ in COLUMNS]] + [[fmt.format(row[key]) for key, _, fmt in COLUMNS] for row in summary]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    cols = columns(summary)
+    cells = [[title for _, title, _ in cols]] + [[fmt.format(row[key]) for key, _, fmt in cols] for row in summary]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells)

@@ -223,6 +223,7 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
         "parameters": _parameter_counts(model),
         "train_seconds": train_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if accelerator.device.type == "cuda" else None,
         "precision": precision,
         "model_size_mb": checkpoint.folder_size(staging / "model") / 2**20,
         **summary,

@@ -6,7 +6,7 @@ and, when it applies, says which regimes it favours or advises against, and why.
 verdict is the sum of what the rules say about it; one that does not fit the memory budget
 is out whatever else holds.
 
-Learning-curve results (what a `compare` run writes, or anything a user measured) are JSON:
+Learning-curve results are the `compare.json` a `compare` run writes, or anything a user measured, as JSON:
 
     {"results": [{"regime": "full", "train_size": 100, "accuracy": 0.81}, ...]}
 
@@ -313,7 +313,10 @@ def read_curve(path: str | Path) -> list[CurvePoint]:
         raise UserError(f"learning-curve file '{path}' does not exist; check the path") from None
     except json.JSONDecodeError as e:
         raise UserError(f"learning-curve file '{path}' is not valid JSON ({e.msg}); see 'transferkit plan --help'") from None
-    rows = data.get("results") if isinstance(data, dict) else data
+    if isinstance(data, dict) and "rows" in data:  # a compare.json: its runs, failed ones left out
+        rows = [{**row, "train_size": row.get("trained_examples")} for row in data["rows"] if "error" not in row]
+    else:
+        rows = data.get("results") if isinstance(data, dict) else data
     if not isinstance(rows, list) or not rows:
         raise UserError(f"learning-curve file '{path}' holds no results; expected a list of {{regime, train_size, accuracy}}")
     points = []

@@ -150,44 +150,52 @@ def forgetting_figure(f: dict):
 
 
 def comparison_report(comparison, base) -> str:
-    """Regimes side by side: the table, cost against quality, accuracy against labels, curves."""
-    from ..compare import COLUMNS
+    """Regimes side by side: the table, cost against quality, quality against labels, curves."""
+    from ..compare import columns, headline_metric
 
-    summary = comparison.summary
-    rows = [[fmt.format(row[key]) for key, _, fmt in COLUMNS] for row in summary]
+    summary, cols = comparison.summary, columns(comparison.summary)
+    metric = headline_metric(summary)
+    rows = [[fmt.format(row[key]) for key, _, fmt in cols] for row in summary]
     sizes = sorted({r["train_size"] for r in summary}, key=lambda s: float("inf") if s == "all" else s)
     largest = [r for r in summary if r["train_size"] == sizes[-1]]
-    plots = [figure_tag(cost_quality_figure(largest), "cost against quality")]
+    plots = [figure_tag(cost_quality_figure(largest, metric), "cost against quality")]
     if len(sizes) > 1:
-        plots.append(figure_tag(accuracy_by_size_figure(comparison.summary), "accuracy against number of labels"))
+        plots.append(figure_tag(quality_by_size_figure(summary, metric), f"{_title(metric)} against number of labels"))
     for row in comparison.rows:
         if "error" not in row and row["train_size"] == sizes[-1] and row["seed"] == comparison.rows[0]["seed"]:
             records = read_log(Path(row["run"]))
             if records:
                 plots.append(figure_tag(learning_curves(records, row["regime"]), f"learning curves {row['regime']}"))
     finished = [r for r in comparison.rows if "error" not in r]
-    best = max((r for r in finished if r["train_size"] == sizes[-1]), key=lambda r: r["accuracy"])
+    best = max((r for r in finished if r["train_size"] == sizes[-1]), key=lambda r: r[metric])
     best_metrics = json.loads((Path(best["run"]) / "metrics.json").read_text())
-    plots.append(figure_tag(confusion_figure(best_metrics["test"]["confusion_matrix"], best_metrics["labels"],
-                                             f"test confusion matrix: {best['regime']}"), "confusion matrix"))
+    if "confusion_matrix" in best_metrics["test"]:
+        plots.append(figure_tag(confusion_figure(best_metrics["test"]["confusion_matrix"], best_metrics["labels"],
+                                                 f"test confusion matrix: {best['regime']}"), "confusion matrix"))
     import yaml
 
     return page(f"transferkit comparison: {base.model.name} on {base.data.name}", [
-        "<h2>Regimes side by side</h2>", table([title for _, title, _ in COLUMNS], rows),
-        "<p>Medians over seeds; ± is the standard deviation of accuracy over seeds. Peak memory is the peak resident "
-        "memory of the run's own process (on a GPU: peak allocated).</p>",
+        "<h2>Regimes side by side</h2>", table([title for _, title, _ in cols], rows),
+        f"<p>Medians over seeds; ± is the standard deviation of {_title(metric)} over seeds. Peak memory is the peak "
+        "resident memory of the run's own process (on a GPU: peak allocated). Forgetting, where measured: the change "
+        "in perplexity of general text (causal LMs), or the linear CKA of general-text embeddings before and after "
+        "and the change in a second task's linear-probe accuracy (encoders).</p>",
         "<h2>Plots</h2>", "<div class='plots'>", *plots, "</div>",
         "<h2>Base configuration</h2>", f"<pre>{html.escape(yaml.safe_dump(base.to_dict(), sort_keys=False))}</pre>",
     ])
 
 
-def cost_quality_figure(rows: list[dict]):
+def _title(metric: str) -> str:
+    return metric.replace("_", " ")
+
+
+def cost_quality_figure(rows: list[dict], metric: str = "accuracy"):
     regimes = [r["regime"] for r in rows]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
-    panels = [("accuracy", "test accuracy", False), ("seconds", "train time (s)", False),
+    panels = [(metric, f"test {_title(metric)}", False), ("seconds", "train time (s)", False),
               ("peak_memory_mb", "peak memory (MB)", False), ("parameters_trained", "parameters trained", True)]
     for ax, (key, title, log) in zip(axes, panels):
-        ax.bar(regimes, [r[key] for r in rows], color="#4c72b0")
+        ax.bar(regimes, [max(r[key], 1) if log else r[key] for r in rows], color="#4c72b0")  # icl trains nothing: log(0)
         ax.set_title(title)
         ax.tick_params(axis="x", rotation=45)
         if log:
@@ -195,13 +203,14 @@ def cost_quality_figure(rows: list[dict]):
     return fig
 
 
-def accuracy_by_size_figure(rows: list[dict]):
+def quality_by_size_figure(rows: list[dict], metric: str = "accuracy"):
+    """The learning curve that shows what pre-training is worth: the task metric against labelled examples."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for regime in dict.fromkeys(r["regime"] for r in rows):
-        points = [(r["trained_examples"], r["accuracy"]) for r in rows if r["regime"] == regime]
-        points.sort()
+        points = sorted((r["trained_examples"], r[metric]) for r in rows if r["regime"] == regime)
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=regime)
-    ax.set(xscale="log", xlabel="labelled training examples", ylabel="test accuracy", title="accuracy against number of labels")
+    ax.set(xscale="log", xlabel="labelled training examples", ylabel=f"test {_title(metric)}",
+           title=f"{_title(metric)} against number of labels")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig

@@ -27,10 +27,14 @@ def format_metrics(metrics: dict) -> str:
 class BarProgress:
     """A tqdm bar per training stage, with the loss and the last validation accuracy."""
 
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix  # a comparison's "[2/6] lora": which run the bar belongs to
+
     def start(self, name: str, total_steps: int) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total_steps, desc=name, unit="step", dynamic_ncols=True, file=sys.stderr)
+        desc = f"{self.prefix} {name}".strip()
+        self.bar = tqdm(total=total_steps, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr)
         self.values = {}
 
     def step(self, n: int = 1, **values) -> None:
