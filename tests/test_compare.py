@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +30,10 @@ def test_compare_measures_every_regime_and_size(comparison):
     for row in comparison.rows:
         assert row["peak_memory_mb"] > 0 and row["seconds"] > 0 and row["artefact_mb"] > 0
         assert 0 <= row["accuracy"] <= 1
+        stages = json.loads((Path(row["run"]) / "metrics.json").read_text())["stages"]
+        trained = sum(s["examples"] for s in stages)  # what ran, early stopping included
+        assert 0 < trained <= sum(s["epochs"] for s in stages) * row["trained_examples"]
+        assert row["examples_per_second"] * row["seconds"] == pytest.approx(trained)
     by = {(r["regime"], r["train_size"]): r for r in comparison.rows}
     assert by[("freeze", "all")]["parameters_trained"] < by[("full", "all")]["parameters_trained"]
     assert by[("full", 12)]["trained_examples"] == 12

@@ -9,6 +9,7 @@ import torch
 
 from conftest import CNN_WIDTHS, IMAGE_LABELS, TOY_LABELS, check_step, image_overrides, tiny_overrides
 from transferkit import load_config, train
+from transferkit.errors import UserError
 from transferkit.methods import CAUSAL_ONLY, METHODS
 
 TEXT_REGIMES = [r for r in METHODS if r not in CAUSAL_ONLY]  # icl prompts a causal LM: tests/test_causal.py
@@ -178,3 +179,18 @@ def test_scratch_really_starts_from_random_weights(tiny_bert, tmp_path):
     matrices = [n for n, p in before.items() if p.ndim >= 2]  # embeddings and every linear layer
     assert all(not torch.equal(before[n], after[n]) for n in matrices), "pre-trained weights must be replaced"
     assert all(p.requires_grad for p in after.values())
+
+
+def test_attention_dropout_is_off_by_default_and_the_models_own_on_request(tiny_bert, toy_csv, tmp_path):
+    """Off by default so that the fused attention kernels run; empty keeps the pre-trained config's 0.1."""
+    from transferkit.models import load_model
+
+    def attention_dropouts(extra: dict) -> set[float]:
+        model = load_model(load_config(None, tiny_overrides(tiny_bert, toy_csv, tmp_path, "full", **extra)), TOY_LABELS)
+        return {m.dropout.p for name, m in model.hf.named_modules() if name.endswith("attention.self")}
+
+    assert attention_dropouts({}) == {0.0}
+    assert attention_dropouts({"model.attention_dropout": None}) == {0.1}
+    assert attention_dropouts({"model.attention_dropout": 0.2}) == {0.2}
+    with pytest.raises(UserError, match="attention_dropout"):
+        load_config(None, ["model.attention_dropout=1.5"])

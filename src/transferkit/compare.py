@@ -85,7 +85,7 @@ def _run_config(base: RunConfig, out: Path, regime: str, size: int | None, seed:
 def _measure(cfg: RunConfig, bar_prefix: str | None = None) -> dict:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         metrics = pool.apply(_train_in_child, (cfg, bar_prefix))
-    epochs = sum(s["epochs"] for s in metrics["stages"])  # icl: no stages, nothing trained
+    examples = sum(s["examples"] for s in metrics["stages"])  # as trained (early stopping included); icl: 0
     row = {name: metrics["test"][name] for name in ALL_QUALITY if name in metrics["test"]}
     row |= _forgetting(metrics.get("forgetting"))
     return row | {
@@ -95,7 +95,7 @@ def _measure(cfg: RunConfig, bar_prefix: str | None = None) -> dict:
         # On a GPU the process's resident memory says little about what the run needed there.
         "peak_memory_mb": metrics.get("peak_gpu_mb") or metrics["peak_rss_mb"],
         "seconds": metrics["train_seconds"],
-        "examples_per_second": metrics["data"]["train"] * epochs / max(metrics["train_seconds"], 1e-9),
+        "examples_per_second": examples / max(metrics["train_seconds"], 1e-9),
         "artefact_mb": metrics["model_size_mb"],
     }
 

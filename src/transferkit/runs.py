@@ -314,6 +314,7 @@ def _stage_summary(stage, result, trainee) -> dict:
         "lr": stage.lr,
         "epochs": stage.epochs,
         "steps": result.steps,
+        "examples": result.examples,
         "seconds": result.seconds,
         "examples_per_second": result.examples / max(result.seconds, 1e-9),
         "stopped_early": result.stopped_early,

@@ -26,12 +26,12 @@ def load_model(cfg, label_names: list[str], on_convert: Callable[[str], None] = 
         return vision.load_image_classifier(m.name, label_names, m.image_size, m.architecture)
     if is_causal_lm(m.name):
         prompt = label_prompt(label_names, cfg.lm.verbalisers, cfg.lm.instruction) if cfg.task == "classify" else None
-        return load_causal_lm(m.name, cfg.task, prompt, m.max_length, m.trust_remote_code, on_convert)
+        return load_causal_lm(m.name, cfg.task, prompt, m.max_length, m.trust_remote_code, on_convert, m.attention_dropout)
     if cfg.task == "generate":
         raise UserError(f"task generate needs a causal language model; '{m.name}' is an encoder (try --model smollm2-135m)")
     from .text import load_text_classifier
 
-    return load_text_classifier(m.name, label_names, m.trust_remote_code, m.max_length)
+    return load_text_classifier(m.name, label_names, m.trust_remote_code, m.max_length, m.attention_dropout)
 
 
 def load_saved_model(folder: Path) -> nn.Module:

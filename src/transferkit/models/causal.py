@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .. import assets, checkpoint
 from ..errors import UserError
-from .text import Head, quiet_transformers
+from .text import Head, attention_dropout, quiet_transformers
 
 LM_FILE = "lm.json"  # beside the weights: task, labels, verbalisers, prompt, demonstrations
 
@@ -276,12 +276,13 @@ def _describe(messages: list[dict]) -> str:
 
 
 def load_causal_lm(name_or_path: str, task: str, prompt: LabelPrompt | None, max_length: int, trust_remote_code: bool = False,
-                   on_convert: Callable[[str], None] = lambda message: None) -> CausalLM:  # fmt: skip
+                   on_convert: Callable[[str], None] = lambda message: None, attention_dropout_p: float | None = None) -> CausalLM:  # fmt: skip
     """A pre-trained causal LM (built-in name, folder or GGUF file), ready for `task`."""
     folder = model_folder(name_or_path, on_convert)
     quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    dropout = attention_dropout(folder, attention_dropout_p, trust_remote_code)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=trust_remote_code, **dropout)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return CausalLM(hf, tokenizer, max_length, task, prompt, str(folder.resolve()))

@@ -16,7 +16,7 @@ import torch
 import transformers
 from torch import nn
 from peft import TaskType
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from .. import assets
 from ..errors import UserError
@@ -162,8 +162,25 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+# What architectures call the dropout on attention weights in their config (BERT family;
+# DistilBERT, Llama and most decoders; GPT-2).
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+
+
+def attention_dropout(path: Path, p: float | None, trust_remote_code: bool = False) -> dict:
+    """from_pretrained keyword arguments that set the model's attention dropout to `p` (None: its own)."""
+    if p is None:
+        return {}
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return {key: p for key in ATTENTION_DROPOUT_KEYS if hasattr(config, key)}
+
+
 def load_text_classifier(
-    name_or_path: str, label_names: list[str], trust_remote_code: bool = False, max_length: int = 512
+    name_or_path: str,
+    label_names: list[str],
+    trust_remote_code: bool = False,
+    max_length: int = 512,
+    attention_dropout_p: float | None = None,
 ) -> TextClassifier:
     """A pre-trained encoder (built-in name or local folder) with a fresh head for `label_names`."""
     path = assets.resolve_model(name_or_path)
@@ -173,6 +190,7 @@ def load_text_classifier(
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     hf = AutoModelForSequenceClassification.from_pretrained(
         path,
+        **attention_dropout(path, attention_dropout_p, trust_remote_code),
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},

@@ -33,7 +33,8 @@ class BarProgress:
     def start(self, name: str, total_steps: int) -> None:
         from tqdm.auto import tqdm
 
-        desc = f"{self.prefix} {name}".strip()
+        # "[1/6] full" for a one-stage run; "[5/6] staged head", then "[5/6] staged all".
+        desc = self.prefix if self.prefix.endswith(f" {name}") else f"{self.prefix} {name}".strip()
         self.bar = tqdm(total=total_steps, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr)
         self.values = {}
 
