@@ -45,6 +45,9 @@ def run_transferkit(regime: str, settings: dict, train_size: int | None) -> dict
         "train.batch_size": settings["batch_size"],
         "train.patience": None,
         "data.train_size": train_size,
+        # The model's own attention dropout, as Trainer runs it: the same recipe on both sides.
+        # transferkit's default (off) makes its steps a fifth to a quarter faster again on a CPU.
+        "model.attention_dropout": None,
     }
     started = time.perf_counter()
     run = transferkit.train(transferkit.load_config(None, overrides))

@@ -24,13 +24,16 @@ import argparse
 import gc
 import json
 import os
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from transferkit.methods import freeze, full, lora
+from transferkit.config import ModelConfig
+from transferkit.methods import freeze, full, lora, wrap_with_peft
 from transferkit.models.text import TextClassifier, load_text_classifier, quiet_transformers
 from transferkit.training.features import HeadOnFeatures
 from transferkit.training.optim import param_groups
@@ -63,7 +66,8 @@ def load(model_name: str) -> tuple[TextClassifier, list[str] | None]:
     """MiniLM through transferkit; SmolLM2 built from its GGUF's config. Also: the head's modules
     for a decoder (transferkit's own head split covers encoders only)."""
     if model_name == "minilm-l6":
-        return load_text_classifier("minilm-l6", ["a", "b"]), None
+        # As `transferkit train` loads it: attention dropout off (the fused attention kernel runs).
+        return load_text_classifier("minilm-l6", ["a", "b"], attention_dropout_p=ModelConfig.attention_dropout), None
     # SmolLM2 ships only as GGUF. The weights' values do not change memory, so the model is built
     # from the real config with random weights (dequantising the GGUF takes ~18 s and its
     # transient copies would blur the baseline).
@@ -71,7 +75,8 @@ def load(model_name: str) -> tuple[TextClassifier, list[str] | None]:
     folder, gguf = os.path.split(model_name)
     config = AutoConfig.from_pretrained(folder, gguf_file=gguf)
     config.num_labels, config.pad_token_id = 2, 0
-    return TextClassifier(AutoModelForSequenceClassification.from_config(config, dtype=torch.float32), None), ["score"]
+    no_tokenizer = SimpleNamespace(model_max_length=None)  # random token ids feed the model directly
+    return TextClassifier(AutoModelForSequenceClassification.from_config(config, dtype=torch.float32), no_tokenizer), ["score"]
 
 
 def prepare(model: TextClassifier, head_modules: list[str] | None, regime: str, batch: dict, examples: int):
@@ -92,7 +97,7 @@ def prepare(model: TextClassifier, head_modules: list[str] | None, regime: str, 
     if regime == "full":
         full.apply(model)
     elif head_modules is None:
-        lora.apply_with(lora.Config())(model)
+        wrap_with_peft(partial(lora.peft_config, lora.Config()))(model)  # as methods/lora.py's stage does
     else:  # the settings of methods/lora.py, with a decoder's head
         cfg = lora.Config()
         peft_config = LoraConfig(

@@ -135,21 +135,37 @@ def lora_defaults():
     return lora.Config()
 
 
+@pytest.mark.parametrize("attention_dropout", [None, 0.0])
 @pytest.mark.parametrize("precision", ["fp32", "mixed-bf16", "bf16"])
 @pytest.mark.parametrize("regime", ["full", "lora", "prompt"])
 @pytest.mark.parametrize("family", BLOCKS)
-def test_block_activations_match_what_autograd_keeps(family, regime, precision):
+def test_block_activations_match_what_autograd_keeps(family, regime, precision, attention_dropout):
+    """attention_dropout None: the model's own (BERT and GPT-2 use 0.1: on a CPU the math kernel);
+    0.0: as transferkit loads a model by default (the fused kernel)."""
+    from transferkit.models.text import ATTENTION_DROPOUT_KEYS
     from transferkit.planning.activations import block_bytes
     from transferkit.planning.memory import Setup
 
+    if family == "gpt2" and attention_dropout == 0.0:
+        pytest.xfail("GPT-2 around the fused attention kernel keeps one or two hidden-width tensors more than "
+                     "the plan counts (the plan is 3-8% under); not modelled yet")
     make, head = BLOCKS[family]
+
+    def config(blocks: int):
+        c = make(blocks)
+        for key in ATTENTION_DROPOUT_KEYS if attention_dropout is not None else ():
+            if hasattr(c, key):
+                setattr(c, key, attention_dropout)
+        return c
+
     batch_size, seq = 4, 32
     batch = {"input_ids": torch.randint(1, 99, (batch_size, seq)), "attention_mask": torch.ones(batch_size, seq, dtype=torch.long)}
     # One block's share: the difference between a 3-block and a 1-block model, halved.
-    one, three = (saved_activation_bytes(tiny_trainee(make(n), regime, head, precision), batch, precision.startswith("mixed")) for n in (1, 3))
+    one, three = (saved_activation_bytes(tiny_trainee(config(n), regime, head, precision), batch, precision.startswith("mixed")) for n in (1, 3))
     measured = (three - one) / 2
     total_seq = seq + (20 if regime == "prompt" else 0)
-    planned = block_bytes(from_config(make(1)), Setup(regime=regime, precision=precision, device="cpu"), total_seq) * batch_size * total_seq
+    setup = Setup(regime=regime, precision=precision, device="cpu", attention_dropout=attention_dropout)
+    planned = block_bytes(from_config(make(1)), setup, total_seq) * batch_size * total_seq
     assert planned == pytest.approx(measured, rel=0.05)
 
 

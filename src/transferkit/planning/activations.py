@@ -31,9 +31,10 @@ def sizes(s) -> tuple[int, int]:
 def flash_attention(arch: Architecture, s) -> bool:
     """Whether PyTorch's SDPA picks a kernel that keeps no (seq x seq) scores.
 
-    On a GPU the flash / memory-efficient kernels handle dropout; on a CPU a model with attention
-    dropout falls back to the math path in training, which keeps the scores."""
-    return not (s.device == "cpu" and arch.attention_dropout > 0)
+    On a GPU the flash / memory-efficient kernels handle dropout; on a CPU a model trained with
+    attention dropout falls back to the math path, which keeps the scores."""
+    p = arch.attention_dropout if s.attention_dropout is None else s.attention_dropout
+    return not (s.device == "cpu" and p > 0)
 
 
 def saved_tensor_bytes(arch: Architecture, s, seq: int) -> list[tuple[str, float]]:
@@ -116,6 +117,8 @@ def _lora_inputs(arch: Architecture, s, c: int, f: int, mask) -> list[tuple[str,
         rows = [("LoRA dropout masks", width * mask(4)), ("LoRA adapter inputs", width * kept)]
     elif s.precision == "fp32":
         shared = {lin.source: lin.inputs for lin in targets}  # one tensor per source, shared by its adapters
+        if flash_attention(arch, s):
+            shared.pop("ctx", None)  # the attention output, already kept by the attention kernel
         rows = [("LoRA adapter inputs", sum(shared.values()) * 4)]
     else:
         rows = [("LoRA adapter inputs", width * kept)]

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 from .activations import block_bytes, inference_bytes, largest_transient, outside_blocks_bytes
 from .architecture import Architecture
+from ..config import ModelConfig
 from ..errors import UserError
 from ..methods import lora, prompt
 
@@ -68,6 +69,9 @@ class Setup:
     num_labels: int = 2
     device: str = "cuda"
     """cuda or cpu: which attention kernel and dropout masks autograd keeps differ."""
+    attention_dropout: float | None = ModelConfig.attention_dropout
+    """Dropout on the attention weights while training: transferkit's default (off), or None for
+    the model's own. On a CPU any such dropout sends attention down the math kernel."""
     examples: int | None = None
     """Examples whose features the frozen regime caches (all splits); None: not counted."""
 
