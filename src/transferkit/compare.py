@@ -86,7 +86,7 @@ def _measure(cfg: RunConfig, bar_prefix: str | None = None) -> dict:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         metrics = pool.apply(_train_in_child, (cfg, bar_prefix))
     examples = sum(s["examples"] for s in metrics["stages"])  # as trained (early stopping included); icl: 0
-    row = {name: metrics["test"][name] for name in ALL_QUALITY if name in metrics["test"]}
+    row = {key: metrics["test"][key] for key, _, _ in QUALITY if key in metrics["test"]}
     row |= _forgetting(metrics.get("forgetting"))
     return row | {
         "trained_examples": metrics["data"]["train"],
@@ -118,6 +118,8 @@ def _train_in_child(cfg: RunConfig, bar_prefix: str | None) -> dict:
     warnings.filterwarnings("ignore", category=FutureWarning)  # as the CLI does: library deprecations are noise here
 
     metrics = train(cfg, progress=BarProgress(bar_prefix) if bar_prefix is not None else None).metrics
+    # Read again after train() returns: the run's own figure was taken before saving the model and
+    # drawing its report, which are part of what the run cost too.
     metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return metrics
 
@@ -138,15 +140,16 @@ def summarise(rows: list[dict]) -> list[dict]:
     return summary
 
 
-# The test metrics a comparison keeps, per task; the first one each row has is the headline: its
-# spread over seeds is shown, the plots draw it and the report's best run is chosen by it. All are
-# higher-is-better except perplexity, which is never the headline.
-QUALITY = {
-    "classify": [("accuracy", "accuracy", "{:.4f}"), ("macro_f1", "macro-F1", "{:.4f}")],
-    "generate": [("exact_match", "exact match", "{:.4f}"), ("token_accuracy", "token accuracy", "{:.4f}"),
-                 ("perplexity", "perplexity", "{:.2f}")],
-}
-ALL_QUALITY = [key for columns in QUALITY.values() for key, _, _ in columns]
+# The test metrics a comparison keeps (classification, then generation), as columns where every
+# row has them. The headline is the first of HEADLINES every row has: its spread over seeds is
+# shown, the plots draw it and the report's best run is chosen by it (all higher-is-better).
+QUALITY = [
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("macro_f1", "macro-F1", "{:.4f}"),
+    ("exact_match", "exact match", "{:.4f}"),
+    ("token_accuracy", "token accuracy", "{:.4f}"),
+    ("perplexity", "perplexity", "{:.2f}"),
+]
 HEADLINES = ["accuracy", "exact_match", "token_accuracy"]
 
 COST = [
@@ -172,7 +175,7 @@ def headline_metric(rows: list[dict]) -> str:
 
 def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
     """(key, title, format) of the table's columns: cost, the task's metrics, forgetting where measured."""
-    quality = [c for c in QUALITY["classify"] + QUALITY["generate"] if all(c[0] in r for r in rows)]
+    quality = [c for c in QUALITY if all(c[0] in r for r in rows)]
     quality.insert(1, ("spread", "± (seeds)", "{:.4f}"))
     forgetting = [c for c in FORGETTING if all(c[0] in r for r in rows)]
     return COST + quality + forgetting + [("artefact_mb", "artefact MB", "{:.1f}")]

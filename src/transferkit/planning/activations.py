@@ -84,6 +84,11 @@ def block_bytes(arch: Architecture, s, seq: int) -> float:
     return sum(size for _, size in saved_tensor_bytes(arch, s, seq))
 
 
+def _kept_by_attention(arch: Architecture, s) -> set[str]:
+    """Linear-layer inputs the fused attention kernel keeps already: its output, `ctx`."""
+    return {"ctx"} if flash_attention(arch, s) else set()
+
+
 def _source_width(arch: Architecture, source: str) -> int:
     return next(lin.inputs for lin in arch.block if lin.source == source)
 
@@ -95,8 +100,8 @@ def _linear_inputs(arch: Architecture, s, c: int, f: int) -> list[tuple[str, flo
     for source in ("x", "ctx", "x2", "act"):
         consumers = [lin for lin in arch.block if lin.source == source]
         width = _source_width(arch, source)
-        if source == "ctx" and flash_attention(arch, s):
-            continue  # the attention output, already kept by the attention kernel
+        if source in _kept_by_attention(arch, s):
+            continue
         in_stream = source in ("x", "x2")  # norm outputs: fp32 under autocast
         if s.mixed and in_stream:
             rows.append((f"16-bit casts of {source} for {len(consumers)} linear layer(s)", len(consumers) * width * c))
@@ -117,9 +122,7 @@ def _lora_inputs(arch: Architecture, s, c: int, f: int, mask) -> list[tuple[str,
         rows = [("LoRA dropout masks", width * mask(4)), ("LoRA adapter inputs", width * kept)]
     elif s.precision == "fp32":
         shared = {lin.source: lin.inputs for lin in targets}  # one tensor per source, shared by its adapters
-        if flash_attention(arch, s):
-            shared.pop("ctx", None)  # the attention output, already kept by the attention kernel
-        rows = [("LoRA adapter inputs", sum(shared.values()) * 4)]
+        rows = [("LoRA adapter inputs", sum(w for source, w in shared.items() if source not in _kept_by_attention(arch, s)) * 4)]
     else:
         rows = [("LoRA adapter inputs", width * kept)]
     rows.append(("LoRA A outputs (rank r)", len(targets) * s.lora_r * kept))
