@@ -311,14 +311,14 @@ def test_advice_reads_an_earlier_learning_curve(tmp_path):
 
 
 def test_plan_defaults_are_transferkits_own():
-    from transferkit.config import ModelConfig
+    from transferkit.config import DEFAULT_MAX_LENGTH
     from transferkit.methods import full, lora, prompt
     from transferkit.planning.memory import Setup
 
     s = Setup()
     assert (s.lora_r, s.lora_dropout) == (lora.Config().r, lora.Config().dropout)
     assert s.prompt_tokens == prompt.Config().num_virtual_tokens
-    assert (s.batch_size, s.seq_len) == (full.BATCH_SIZE, ModelConfig().max_length)
+    assert (s.batch_size, s.seq_len) == (full.BATCH_SIZE, DEFAULT_MAX_LENGTH)
 
 
 def test_parse_memory_units():

@@ -6,11 +6,12 @@ Library code never prints; this module owns progress bars, tables and error mess
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
+import signal
 import sys
+import threading
+import traceback
 import warnings
 from pathlib import Path
 
@@ -72,14 +73,14 @@ def cmd_train(args) -> None:
         "task": args.task,
         "icl.shots": args.shots,
     }
-    flag_overrides = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    flags = {k: v for k, v in flags.items() if v is not None}  # flag values are literal: never read as YAML
     if args.calibrate:
-        flag_overrides.append("icl.calibrate=true")
+        flags["icl.calibrate"] = True
     if args.overwrite:
-        flag_overrides.append("overwrite=true")
+        flags["overwrite"] = True
     if args.trust_remote_code:
-        flag_overrides.append("model.trust_remote_code=true")
-    cfg = load_config(config_path, flag_overrides + overrides)
+        flags["model.trust_remote_code"] = True
+    cfg = load_config(config_path, overrides, flags)
     run = train(cfg, progress=BarProgress())
     test = run.metrics["test"]
     where = f"regime {cfg.regime}, {run.metrics['train_seconds']:.0f} s"
@@ -111,7 +112,10 @@ def cmd_evaluate(args) -> None:
         path = check_run_dir(args.run) / "metrics.json"
         if not path.is_file():
             raise UserError(f"'{args.run}' holds no finished run (no metrics.json); pass --data to evaluate its model")
-        metrics = json.loads(path.read_text())["test"]
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))["test"]
+        except (ValueError, KeyError, TypeError, OSError):
+            raise UserError(f"'{path}' is damaged (not the JSON a finished run writes); evaluate the model anew with --data FILE") from None
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -121,7 +125,8 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .data.tables import read_rows, read_texts
+    from .data.outputs import check_output, write_predictions
+    from .data.tables import read_texts
     from .inference import generate_text, load_run, predict_proba
 
     if args.prompt is not None:
@@ -131,11 +136,15 @@ def cmd_predict(args) -> None:
         return
     if (args.input is None) == (args.text is None):
         raise UserError("give either --input FILE or --text 'some text' (or --prompt for a generation run)")
+    if args.output is not None:
+        if args.input is None:
+            raise UserError("--output writes the rows of --input with their predictions; give --input FILE")
+        check_output(Path(args.output), Path(args.input), args.overwrite)
     model, cfg = load_run(args.run)
     if model.modality == "image":
         return _predict_images(args, model)
     text_column = args.text_column or cfg.data.text_column
-    texts = [args.text] if args.text is not None else read_texts(args.input, text_column)
+    texts = [args.text] if args.text is not None else read_texts(args.input, text_column).inputs
     probs = predict_proba(model, texts)
     labels = model.label_names
     best, index = probs.max(-1)
@@ -144,15 +153,13 @@ def cmd_predict(args) -> None:
         label, p = predicted[0]
         print(f"{label}\t{p:.4f}")
         return
-    rows = read_rows(args.input)
-    for row, (label, p) in zip(rows, predicted):
-        row["predicted_label"], row["probability"] = label, round(p, 6)
     if args.output is None:
-        for row, (label, p) in zip(rows, predicted):
-            print(f"{label}\t{p:.4f}\t{str(row[text_column])[:70]!r}")
+        for text, (label, p) in zip(texts, predicted):
+            print(f"{label}\t{p:.4f}\t{text[:70]!r}")
         return
-    _write_rows(Path(args.output), rows)
-    print(f"wrote {len(rows)} predictions to {args.output} (columns predicted_label, probability)")
+    new = {"predicted_label": [label for label, _ in predicted], "probability": [round(p, 6) for _, p in predicted]}
+    write_predictions(Path(args.output), Path(args.input), new)
+    print(f"wrote {len(predicted)} predictions to {args.output} (the input rows as they were, plus predicted_label and probability)")
 
 
 def cmd_plan(args) -> None:
@@ -239,12 +246,12 @@ def _plan_data(args):
     if args.data is None:
         return None
     from .assets import DATASETS
-    from .data.tables import read_builtin, read_examples
+    from .data.tables import labelled_examples, read_builtin
 
     if args.data in DATASETS:
         examples = read_builtin(args.data)
     else:
-        examples = read_examples(args.data, args.text_column or "text", args.label_column or "label")
+        examples = labelled_examples(args.data, args.text_column or "text", args.label_column or "label")
     return DataSummary.from_labels(examples.labels, _domain_shift(args.model, examples.inputs))
 
 
@@ -273,6 +280,8 @@ def _predict_images(args, model) -> None:
     if args.text is not None:
         raise UserError("this run's model reads images; give --input IMAGE or --input FOLDER instead of --text")
     path = Path(args.input)
+    if args.output is not None and Path(args.output).suffix.lower() == ".parquet":
+        raise UserError("image predictions are written as .csv, .tsv, .jsonl or .json")
     if path.is_dir():
         files, skipped = list_images(path)
         if not files:
@@ -295,21 +304,23 @@ def _predict_images(args, model) -> None:
         if note:
             print(note.strip(" ()"), file=sys.stderr)
         return
-    _write_rows(Path(args.output), rows)
+    from .data.outputs import write_predictions
+
+    write_predictions(Path(args.output), None, {key: [row[key] for row in rows] for key in rows[0]})
     print(f"wrote {len(rows)} predictions to {args.output} (columns path, predicted_label, probability){note}")
 
 
-def cmd_compare(args) -> None:
+def cmd_compare(args) -> int:
     from .compare import compare, headline_metric, text_table
     from .config import load_config
 
     config_path, overrides = _split_config_args(args.config_and_overrides)
     flags = {"model.name": args.model, "data.name": args.data, "data.text_column": args.text_column,
              "data.label_column": args.label_column}
-    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + overrides
+    flags = {k: v for k, v in flags.items() if v is not None}
     if args.overwrite:
-        overrides.append("overwrite=true")
-    base = load_config(config_path, overrides)
+        flags["overwrite"] = True
+    base = load_config(config_path, overrides, flags)
     sizes = [base.data.train_size] if args.train_sizes is None else [
         None if s.strip() == "all" else _positive_int(s, "--train-sizes") for s in args.train_sizes.split(",")
     ]
@@ -330,6 +341,12 @@ def cmd_compare(args) -> None:
     print()
     print(text_table(result.summary))
     print(f"\ntable: {result.dir / 'compare.md'}  data: {result.dir / 'compare.json'}  report: {result.dir / 'report.html'}")
+    failed = [row for row in result.rows if "error" in row]
+    if failed:
+        print(f"error: {len(failed)} of {len(result.rows)} runs failed (first: {failed[0]['regime']}: {printable(failed[0]['error'])}); "
+              "the table and report hold the others", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
 
 
 def _positive_int(text: str, flag: str) -> int:
@@ -368,18 +385,19 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="transferkit",
+        allow_abbrev=False,
         description="Adapt a pre-trained model to your task and data, and see what each regime costs and keeps.",
         epilog="examples:\n  transferkit train\n  transferkit train --data reviews.csv --regime lora\n"
         "  transferkit predict runs/bbc-news-full --text 'Shares fell sharply.'\n"
         "run 'transferkit COMMAND --help' for each command's options",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     parsers = {
         name: sub.add_parser(
-            name, help=help_, description=help_, epilog=EXAMPLES.get(name), formatter_class=argparse.RawDescriptionHelpFormatter
+            name, help=help_, description=help_, allow_abbrev=False, epilog=EXAMPLES.get(name), formatter_class=argparse.RawDescriptionHelpFormatter
         )
         for name, (_, help_) in COMMANDS.items()
     }
@@ -433,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="a single text to label")
     p.add_argument("--prompt", help="generation runs: a prompt to answer (greedy, through the model's chat template)")
     p.add_argument("--max-new-tokens", type=int, help="generation runs: the longest answer (default: the run's lm.max_new_tokens)")
-    p.add_argument("--output", help="where to write the rows with predicted_label and probability added (.csv or .jsonl)")
+    p.add_argument("--output", help="where to write the input rows with predicted_label and probability added "
+                   "(.csv, .tsv, .jsonl, .json or .parquet; the input's own format keeps every byte of its rows)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--text-column", help="column with the text (default: the one used in training)")
 
     p = parsers["plan"]
@@ -457,27 +477,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, help="with --examples: how many classes (default: 2, assumed balanced)")
     p.add_argument("--learning-curve", help="compare.json of an earlier comparison, or results you measured (see below)")
     p.add_argument("--json", action="store_true", help="print the whole breakdown as JSON")
+    parser.commands = parsers
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line (no usage block) and exit code 2, like every other error."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}; see '{self.prog} --help'")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the run being built is discarded, nothing is half-written."""
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Deprecation notices from inside transformers / peft are for their developers, not our users.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    from .report.text import show_data_warnings
+
+    show_data_warnings()
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+
+    def on_sigterm(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
-        COMMANDS[args.command][0](args)
+        if not argv or argv[0] not in parser.commands:
+            if not argv or argv[0] in ("-h", "--help"):
+                parser.print_help()
+                return 0 if argv else 2
+            parser.parse_args(argv)  # --version and the like; anything else is an error
+            return 2
+        # Intermixed: overrides (section.key=value) may stand before, between or after the flags.
+        args = parser.commands[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+        code = COMMANDS[args.command][0](args) or 0
+        sys.stdout.flush()
+        return code
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(str(e))}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated; nothing was half-written (the run being built was removed)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; nothing was half-written (the run being built was removed)", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception:
+        traceback.print_exc()
+        print("\nThat is a bug in transferkit, not a problem with your input. Please report it, with the command "
+              "you ran and the lines above, to the transferkit developers (an issue in the project's repository).", file=sys.stderr)  # fmt: skip
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def printable(text: str, limit: int = 600) -> str:
+    """A message safe for a terminal: control and invisible characters shown as escapes, long texts cut."""
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -487,24 +556,6 @@ def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
     if bad:
         raise UserError(f"'{bad[0]}' is not an override; put the YAML config first and overrides as section.key=value")
     return None, items
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    from .checkpoint import write_text
-
-    if path.suffix.lower() == ".jsonl":
-        text = "".join(json.dumps(row) + "\n" for row in rows)
-    elif path.suffix.lower() in (".csv", ".tsv"):
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        writer.writeheader()
-        writer.writerows(rows)
-        text = buffer.getvalue()
-    else:
-        raise UserError(f"output file '{path}' must end in .csv, .tsv or .jsonl")
-    if not path.parent.exists():
-        raise UserError(f"folder '{path.parent}' of the output file does not exist; create it first")
-    write_text(path, text)
 
 
 def _print_assets(table: dict) -> None:

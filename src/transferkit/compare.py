@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoint
+import yaml
+
+from . import folders
 from .config import RunConfig, load_config
 from .errors import UserError
 from .methods import METHODS
@@ -50,30 +52,51 @@ def compare(
     if unknown:
         raise UserError(f"unknown regime '{unknown[0]}'; choose from: {', '.join(METHODS)}")
     out = Path(output or Path("runs") / f"compare-{Path(base.data.name).stem}")
-    if checkpoint.is_finished_comparison(out) and not base.overwrite:
-        raise UserError(f"'{out}' already holds a finished comparison; pass --overwrite or choose another --output")
+    folders.check_output(out, base.overwrite, kind="comparison")
     plans = [(r, n, s) for n in train_sizes for r in regimes for s in seeds]
     configs = [_run_config(base, out, regime, size, seed) for regime, size, seed in plans]  # checks every config first
+    _check_inputs(base)  # bad data or a bad model stops here, before any folder is made
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    result = Comparison(out)
-    for i, ((regime, size, seed), cfg) in enumerate(zip(plans, configs), start=1):
-        row = {"regime": regime, "train_size": size or "all", "seed": seed, "run": str(cfg.run_dir)}
-        on_run(i, len(plans), row)
-        try:
-            row.update(_measure(cfg, f"[{i}/{len(plans)}] {regime}" if bars else None))
-        except UserError as e:  # one regime failing (a NaN loss, say) should not lose the others
-            row["error"] = str(e)
-        result.rows.append(row)
-        on_run(i, len(plans), row)
-    if all("error" in row for row in result.rows):
-        raise UserError(f"every run failed; the first said: {result.rows[0]['error']}")
-    result.summary = summarise([row for row in result.rows if "error" not in row])
-    checkpoint.write_text(out / "compare.md", markdown_table(result.summary, [r for r in result.rows if "error" in r]))
-    from .report.html import comparison_report
+    try:
+        lock = folders.Lock(out, out)
+    except UserError:
+        if created:
+            out.rmdir()
+        raise
+    try:
+        folders.write_text(out / "compare.yaml", f"{folders.COMPARISON_HEADER}\n# the base configuration every run of this comparison shares\n"
+                           + yaml.safe_dump(base.to_dict(), sort_keys=False, allow_unicode=True))  # fmt: skip
+        result = Comparison(out)
+        for i, ((regime, size, seed), cfg) in enumerate(zip(plans, configs), start=1):
+            row = {"regime": regime, "train_size": size or "all", "seed": seed, "run": str(cfg.run_dir)}
+            on_run(i, len(plans), row)
+            try:
+                row.update(_measure(cfg, f"[{i}/{len(plans)}] {regime}" if bars else None))
+            except UserError as e:  # one regime failing (a NaN loss, say) should not lose the others
+                row["error"] = str(e)
+            result.rows.append(row)
+            on_run(i, len(plans), row)
+        if all("error" in row for row in result.rows):
+            raise UserError(f"every run failed; the first said: {result.rows[0]['error']}")
+        result.summary = summarise([row for row in result.rows if "error" not in row])
+        folders.write_text(out / "compare.md", markdown_table(result.summary, [r for r in result.rows if "error" in r]))
+        from .report.html import comparison_report
 
-    checkpoint.write_text(out / "report.html", comparison_report(result, base))
-    checkpoint.write_text(out / "compare.json", json.dumps({"rows": result.rows, "summary": result.summary}, indent=2))
+        folders.write_text(out / "report.html", comparison_report(result, base))
+        folders.write_text(out / "compare.json", json.dumps({"rows": result.rows, "summary": result.summary}, indent=2))
+    finally:
+        lock.release()
     return result
+
+
+def _check_inputs(base: RunConfig) -> None:
+    """Read the data and load the model once, as every run will, so that bad input fails before any run."""
+    from .data.splits import load_generation_splits, load_splits
+    from .models import load_model
+
+    splits = load_generation_splits(base.data, 0) if base.task == "generate" else load_splits(base.data, 0)
+    load_model(base, splits.label_names)
 
 
 def _run_config(base: RunConfig, out: Path, regime: str, size: int | None, seed: int) -> RunConfig:

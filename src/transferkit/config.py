@@ -7,6 +7,7 @@ Every knob has a docstring under it. Regime-specific knobs live in each regime's
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,15 @@ from .errors import UserError
 from .methods import METHODS, freeze, icl, lora, prompt, scratch, staged
 
 
+DEFAULT_MAX_LENGTH = 128  # tokens, where model.max_length is empty (or the model's context, if shorter)
+
+
 @dataclass
 class ModelConfig:
     name: str = "minilm-l6"
     """A built-in model name (see `transferkit models`) or a local Hugging Face model folder."""
-    max_length: int = 128
-    """Inputs are truncated to this many tokens."""
+    max_length: int | None = None
+    """Inputs are truncated to this many tokens. Empty: 128, or the model's context where that is shorter."""
     trust_remote_code: bool = False
     """Run code shipped inside the model folder. Off unless you trust the folder's author."""
     image_size: int = 128
@@ -35,7 +39,8 @@ class ModelConfig:
     third longer (1.29 s against 0.96 s), while hidden-state dropout still regularises."""
 
     def __post_init__(self):
-        _check_positive("model.max_length", self.max_length)
+        if self.max_length is not None:
+            _check_positive("model.max_length", self.max_length)
         if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
             raise UserError(f"model.attention_dropout must be in [0, 1) (got {self.attention_dropout}); try 0.1, or leave it empty")
         if self.image_size < 16:
@@ -115,6 +120,8 @@ class TrainConfig:
     gradient (L2-SP, Li et al. 2018), a penalty against forgetting. 0: off."""
 
     def __post_init__(self):
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"train.seed must be a whole number from 0 to 4294967295 (got {self.seed})")
         if self.lr is not None and not self.lr > 0:
             raise UserError(f"train.lr must be positive (got {self.lr}); try 1e-4")
         for key in ("epochs", "max_steps", "batch_size", "micro_batch_size", "eval_every_steps"):
@@ -234,41 +241,63 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def load_config(path: str | Path | RunConfig | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
-    """Read a YAML config (or start from the defaults) and apply `section.key=value` overrides."""
+def load_config(
+    path: str | Path | RunConfig | None = None,
+    overrides: list[str] | dict | None = None,
+    flags: dict[str, object] | None = None,
+) -> RunConfig:
+    """Read a YAML config (or start from the defaults), then apply `flags` and `section.key=value` overrides.
+
+    `flags` ({"data.name": "d/data #1.csv"}) are taken literally, as a command line's flag values should
+    be; the text of an override goes through YAML only where the key wants a number, a boolean or a list.
+    """
     raw: dict = {}
     if isinstance(path, RunConfig):
         raw = path.to_dict()
     elif path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file '{path}' does not exist; pass the path of a YAML file")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            first = str(e).splitlines()[0]
-            raise UserError(f"config file '{path}' is not valid YAML ({first}); fix the file") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"config file '{path}' must hold a mapping of sections; see configs/ for examples")
-    items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides or [])
-    for key, value in items:
+        raw = _read_yaml(Path(path))
+    items = list(overrides.items()) if isinstance(overrides, dict) else [_split_override(o) for o in overrides or []]
+    for key, value in [*(flags or {}).items(), *items]:
         _set_dotted(raw, key, value)
     return from_dict(RunConfig, raw)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"config file '{path}' does not exist; pass the path of a YAML file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"config file '{path}' is not UTF-8 text; pass a YAML file") from None
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"config file '{path}' is not valid YAML ({first}); fix the file") from None
+    except OSError as e:
+        raise UserError(f"cannot read config file '{path}' ({e.strerror}); check its permissions") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of sections (it holds {type(raw).__name__}); see configs/ for examples")
+    return raw
+
+
+class Raw(str):
+    """The text of a command-line override, before it is read as the key's type."""
 
 
 def from_dict(cls, raw: dict, prefix: str = ""):
     """Build dataclass `cls` from a nested dict, checking keys and coercing scalar types."""
     if not isinstance(raw, dict):
-        raise UserError(f"config section '{prefix.rstrip('.')}' must be a mapping")
+        raise UserError(f"config section '{prefix.rstrip('.')}' must be a mapping of keys (got {_shown(raw)}); e.g. {prefix}lr=1e-4")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in raw.items():
-        if key not in names:
+        if not isinstance(key, str) or key not in names:
             raise UserError(f"unknown config key '{prefix}{key}'; known keys here: {', '.join(sorted(names))}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value or {}, f"{prefix}{key}.")
+            kwargs[key] = from_dict(hint, {} if value is None else value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, hint, f"{prefix}{key}")
     return cls(**kwargs)
@@ -278,41 +307,74 @@ def _coerce(value, hint, key: str):
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("", "null", "none")):
-        return None
+    if isinstance(value, Raw):
+        text = str(value)
+        if optional and text.strip().lower() in ("", "null", "none", "~"):
+            return None
+        if base is str:
+            return text  # literal: 010 stays 010, on stays on
+        if typing.get_origin(base) is list or base is list:
+            value = _yaml(text, key) if text.strip().startswith("[") else text
+        else:
+            value = _yaml(text, key)
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"config key '{key}' needs a value ({_type_name(base)})")
     if typing.get_origin(base) is list or base is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"config key '{key}' must be a comma-separated list (got {_shown(value)})")
         return list(value)
     try:
         if base is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+                return value.lower() in ("true", "yes")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if isinstance(value, bool):  # true is not a number, even though Python says it is 1
+            raise ValueError
         if base is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
         if base is float:
-            return float(value)  # YAML reads "3e-4" as a string
+            number = float(value)  # YAML reads "3e-4" as a string
+            if not math.isfinite(number):
+                raise ValueError
+            return number
         if base is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError
             return str(value)
-    except (TypeError, ValueError):
-        raise UserError(f"config key '{key}' must be {_type_name(base)} (got {value!r})") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"config key '{key}' must be {_type_name(base)} (got {_shown(value)})") from None
     return value
 
 
+def _yaml(text: str, key: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f"override '{key}={text}' has a value that is not valid YAML; quote it or fix it") from None
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _type_name(t) -> str:
-    return {int: "a whole number", float: "a number", bool: "true or false", str: "text"}.get(t, str(t))
+    return {int: "a whole number", float: "a finite number", bool: "true or false", str: "text"}.get(t, str(t))
 
 
-def _split_override(text: str) -> tuple[str, object]:
+def _split_override(text: str) -> tuple[str, Raw]:
     if "=" not in text or text.startswith("="):
         raise UserError(f"override '{text}' must look like section.key=value, e.g. train.lr=3e-4")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    return key.strip(), Raw(value)
 
 
 def _set_dotted(raw: dict, key: str, value) -> None:

@@ -26,11 +26,32 @@ def check_run_dir(run_dir: str | Path) -> Path:
 
 def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     """The trained model of a run folder (fp32, eval mode) and the config it was trained with."""
+    from .data.tables import warn
+
     run_dir = check_run_dir(run_dir)
-    model, cfg = load_saved_model(run_dir / "model"), load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml")
+    failure = run_dir / "failure.json"
+    if failure.is_file():
+        warn(f"run '{run_dir}' did not finish ({_failure(failure)}); predicting with the last good weights it kept")
+    try:
+        model = load_saved_model(run_dir / "model")
+    except UserError:
+        raise
+    except Exception as e:  # truncated weights, a missing tokenizer, a damaged config: all one message
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"the model in '{run_dir / 'model'}' cannot be loaded ({text}); the run folder is damaged: train it again") from None
     # A causal LM's label scores are calibrated as they were in testing.
     model.content_free = cfg.icl.content_free if cfg.icl.calibrate else None
     return model, cfg
+
+
+def _failure(path: Path) -> str:
+    import json
+
+    try:
+        return json.loads(path.read_text()).get("error", "it failed")
+    except (ValueError, OSError, AttributeError):
+        return "it failed"
 
 
 def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int | None = None) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 import resource
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,13 +21,13 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from . import checkpoint
+from . import folders
 from .config import RunConfig, load_config
 from .data.batching import make_loader
 from .data.splits import Splits, load_generation_splits, load_splits
 from .errors import UserError
 from .eval.causal import test_causal
-from .methods import CAUSAL_ONLY, HEAD_ONLY, METHODS
+from .methods import CAUSAL_ONLY, HEAD_ONLY, METHODS, resolve_defaults
 from .models import load_model
 from .models.causal import CausalLM
 from .tasks import Classification, LanguageModeling
@@ -94,12 +93,13 @@ def train(
     cfg = config if isinstance(config, RunConfig) and not overrides else load_config(config, overrides)
     progress = progress or Progress()
     run_dir = cfg.run_dir
-    if checkpoint.is_finished(run_dir) and not cfg.overwrite:
-        raise UserError(f"run folder '{run_dir}' already holds a finished run; pass --overwrite or choose another --output")
+    folders.check_output(run_dir, cfg.overwrite)
+    cfg = resolve_defaults(cfg)  # config.yaml keeps the values used, whatever later defaults become
     seed_everything(cfg.train.seed)
     splits = load_generation_splits(cfg.data, cfg.train.seed) if cfg.task == "generate" else load_splits(cfg.data, cfg.train.seed)
     model = load_model(cfg, splits.label_names, progress.note)
     _check_fit(cfg, model, splits)
+    cfg = replace(cfg, model=replace(cfg.model, max_length=getattr(model, "max_length", None)))  # as truncated
     stages = METHODS[cfg.regime].stages(cfg)
     for stage in stages:
         micro = cfg.train.micro_batch_size or stage.batch_size
@@ -107,19 +107,20 @@ def train(
             raise UserError(f"batch size {stage.batch_size} is not a multiple of train.micro_batch_size ({micro}); change one")
 
     # Everything above only reads. The run is built in a staging folder and swapped in at the end.
-    staging = checkpoint.start_staging(run_dir)
+    staging, lock = folders.start_staging(run_dir)
     try:
         metrics = _train_into(staging, cfg, model, splits, stages, progress)
     except Diverged as e:
-        checkpoint.save_model(model, staging / "model")
-        kept = checkpoint.publish_failed(staging, run_dir)
+        folders.save_model(model, staging / "model")
+        folders.write_text(staging / "failure.json", json.dumps({"error": str(e), "stage": e.stage, "step": e.step, "lr": e.lr}))
+        kept = folders.publish_failed(staging, run_dir, lock)
         raise UserError(
             f"training stopped: {e}; the last good weights are in {kept / 'model'}; lower train.lr (it was {e.lr:g})"
         ) from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        folders.discard_staging(staging, lock)
         raise
-    checkpoint.publish(staging, run_dir)
+    folders.publish(staging, run_dir, lock)
     return Run(run_dir, cfg, metrics)
 
 
@@ -138,13 +139,18 @@ def _check_fit(cfg: RunConfig, model, splits: Splits) -> None:
         raise UserError(f"regime {cfg.regime} trains a new head on cached features; a causal LM answers with its own: use full, lora, prompt or icl")
     if (cfg.replay.ratio or cfg.train.metric == "loss+general") and not causal:
         raise UserError("replay and metric loss+general use the language-model loss: they need a causal LM; unset replay.ratio")
+    if cfg.regime == "lora":
+        from .methods.lora import check_targets
+
+        check_targets(cfg.lora, model)
     if cfg.forgetting.corpus and model.modality != "text":
         raise UserError("forgetting is measured on general text: it needs a text model; unset forgetting.corpus")
 
 
 def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, progress) -> dict:
     """Run every stage through the loop, test, save; returns the final metrics."""
-    checkpoint.write_text(staging / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    folders.write_text(staging / "config.yaml", f"{folders.CONFIG_HEADER}\n# every value as this run used it: rerun with transferkit train THIS_FILE\n"
+                       + yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))
     causal = isinstance(model, CausalLM)
     task = LanguageModeling() if causal else Classification(splits.label_names)
     train_cfg = cfg.train
@@ -159,7 +165,7 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
         _choose_demonstrations(cfg, model, splits)
     forgetting = _start_forgetting(cfg, model, accelerator, precision, progress)
     # Encoded once: token ids for text (padding happens per batch), transformed images for vision.
-    tokens = {name: model.encode(getattr(splits, name), train=name == "train") for name in ("train", "validation", "test")}
+    tokens = {name: model.encode(getattr(splits, name), train=name == "train", note=progress.note) for name in ("train", "validation", "test")}
     if cfg.replay.ratio:
         tokens["train"] = tokens["train"] + _replay_items(cfg, model, len(tokens["train"]))
     extra_validation = _general_validation(cfg, model, accelerator, precision) if train_cfg.metric == "loss+general" else None
@@ -207,7 +213,7 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
         test, extra = evaluate(final_model, _eval_loader(final_items["test"], pad_id), task, accelerator, "fp32"), {}
     if forgetting is not None:
         extra["forgetting"] = forgetting.measure(model)
-    checkpoint.save_model(model, staging / "model")
+    folders.save_model(model, staging / "model")
     metrics = {
         "regime": cfg.regime,
         "task": cfg.task,
@@ -225,14 +231,14 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if accelerator.device.type == "cuda" else None,
         "precision": precision,
-        "model_size_mb": checkpoint.folder_size(staging / "model") / 2**20,
+        "model_size_mb": folders.folder_size(staging / "model") / 2**20,
         **summary,
         **extra,
     }
-    checkpoint.write_text(staging / "metrics.json", json.dumps(metrics, indent=2))
+    folders.write_text(staging / "metrics.json", json.dumps(metrics, indent=2))
     from .report.html import run_report
 
-    checkpoint.write_text(staging / "report.html", run_report(staging))
+    folders.write_text(staging / "report.html", run_report(staging))
     return metrics
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from .. import assets
 from ..errors import UserError
 from .corpus import read_passages
-from .tables import Examples, read_builtin, read_rows
+from .tables import Examples, read_builtin, read_table, table_rows
 
 ROLES = ("system", "user", "assistant")
 PROMPT_CHARS = 400  # a built-in labelled text is cut to its start when it becomes a prompt
@@ -26,10 +26,12 @@ def read_generation(name_or_path: str, text_column: str = "text") -> Examples:
         return labelled_as_chats(read_builtin(name_or_path))
     if name_or_path in assets.CORPORA or path.suffix.lower() == ".txt" or path.is_dir():
         return Examples([{"text": passage} for passage in read_passages(name_or_path)], None)
-    rows = read_rows(path)
-    if not rows:
+    table = read_table(path)
+    if not len(table.rows):
         raise UserError(f"data file '{path}' holds no examples; give at least one line")
-    return Examples([_example(row, text_column, f"{path}:{number}") for number, row in enumerate(rows, start=1)], None)
+    # A table has every column in every row: a key a JSON line lacks reads as None, the same as null.
+    examples = [_example({k: v for k, v in row.items() if v is not None}, text_column, where) for where, row in table_rows(table)]
+    return Examples(examples, None)
 
 
 def labelled_as_chats(examples: Examples, max_chars: int = PROMPT_CHARS) -> Examples:

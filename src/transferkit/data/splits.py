@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from .. import assets
 from ..errors import UserError
-from .tables import Examples, read_builtin, read_builtin_test, read_examples
+from .tables import TABLE_SUFFIXES, Examples, labelled_examples, read_builtin, read_builtin_test, saved_splits, texts_of, labels_of
 
 
 @dataclass
@@ -24,16 +25,20 @@ class Splits:
     """Files in the data folders that were not read (not images)."""
 
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
-
-
 def read_labelled(path: str, text_column: str, label_column: str) -> Examples:
-    """Labelled examples from a CSV / JSONL file or an image folder (one sub-folder per class)."""
-    if Path(path).is_dir() and Path(path).suffix.lower() not in TABLE_SUFFIXES:
+    """Labelled examples from a table (CSV, TSV, JSONL, JSON, Parquet, a saved dataset) or an image folder
+    (one sub-folder per class)."""
+    if is_image_folder(path):
         from .images import read_image_folder
 
         return read_image_folder(path)
-    return read_examples(path, text_column, label_column)
+    return labelled_examples(path, text_column, label_column)
+
+
+def is_image_folder(path: str) -> bool:
+    from .tables import _is_saved_dataset
+
+    return Path(path).is_dir() and Path(path).suffix.lower() not in TABLE_SUFFIXES and not _is_saved_dataset(Path(path))
 
 
 def load_splits(cfg, seed: int) -> Splits:
@@ -44,7 +49,7 @@ def load_splits(cfg, seed: int) -> Splits:
         modality = assets.DATASETS[cfg.name].modality
     elif Path(cfg.name).suffix.lower() in TABLE_SUFFIXES or Path(cfg.name).exists():
         pool = read_labelled(cfg.name, cfg.text_column, cfg.label_column)
-        modality = "image" if Path(cfg.name).is_dir() else "text"
+        modality = "image" if is_image_folder(cfg.name) else "text"
     else:
         known = ", ".join(assets.DATASETS)
         raise UserError(
@@ -52,8 +57,9 @@ def load_splits(cfg, seed: int) -> Splits:
         )
 
     read = lambda p: read_labelled(p, cfg.text_column, cfg.label_column)  # noqa: E731
-    validation = read(cfg.validation) if cfg.validation else None
-    test = read(cfg.test) if cfg.test else builtin_test
+    saved = saved_splits(cfg.name) if modality == "text" else {}  # a saved DatasetDict brings its own splits
+    validation = read(cfg.validation) if cfg.validation else _saved_split(saved, "validation", cfg)
+    test = read(cfg.test) if cfg.test else (_saved_split(saved, "test", cfg) or builtin_test)
     skipped = [path for examples in (pool, validation, test) if examples is not None for path in examples.skipped]
     fractions = {}
     if test is None:
@@ -62,8 +68,8 @@ def load_splits(cfg, seed: int) -> Splits:
         fractions["validation"] = cfg.validation_fraction
     parts = stratified_split(pool.labels, fractions, seed)
     train = pool.subset(parts.pop("train"))
-    validation = validation or pool.subset(parts["validation"])
-    test = test or pool.subset(parts["test"])
+    validation = pool.subset(parts["validation"]) if validation is None else validation
+    test = pool.subset(parts["test"]) if test is None else test
 
     if cfg.train_size is not None:
         train = train.subset(stratified_subset(train.labels, cfg.train_size, seed))
@@ -85,6 +91,13 @@ def load_splits(cfg, seed: int) -> Splits:
     return Splits(train, validation, test, label_names, modality, skipped)
 
 
+def _saved_split(saved: dict, name: str, cfg) -> Examples | None:
+    if name not in saved:
+        return None
+    texts, source = texts_of(saved[name], cfg.text_column)
+    return Examples(texts, labels_of(saved[name], cfg.label_column), source=source)
+
+
 def load_generation_splits(cfg, seed: int) -> Splits:
     """Generation examples (no labels) split at random with `seed`, or the user's own files."""
     from .generation import read_generation
@@ -99,8 +112,8 @@ def load_generation_splits(cfg, seed: int) -> Splits:
             for name, held, fraction in (("validation", validation, cfg.validation_fraction), ("test", test, cfg.test_fraction))}
     if len(pool) <= take["validation"] + take["test"]:
         raise UserError(f"'{cfg.name}' holds {len(pool)} example(s), too few to split off validation and test; give more or pass --validation/--test files")
-    validation = validation or pool.subset(sorted(order[: take["validation"]]))
-    test = test or pool.subset(sorted(order[take["validation"] : take["validation"] + take["test"]]))
+    validation = pool.subset(sorted(order[: take["validation"]])) if validation is None else validation
+    test = pool.subset(sorted(order[take["validation"] : take["validation"] + take["test"]])) if test is None else test
     train = pool.subset(sorted(order[take["validation"] + take["test"] :]))
     rng = random.Random(seed)
     sizes = (("train", cfg.train_size, rng), ("validation", cfg.validation_size, random.Random(0)), ("test", cfg.test_size, random.Random(0)))
@@ -158,8 +171,11 @@ def _shuffled_by_class(labels: list[str], rng: random.Random) -> dict[str, list[
 
 
 def sort_labels(labels: set[str]) -> list[str]:
-    """Numbers in numeric order (1, 2, 10), anything else alphabetically."""
+    """Finite numbers in numeric order (1, 2, 10), anything else by code point: the same on every run."""
     try:
-        return sorted(labels, key=float)
+        values = {label: float(label) for label in labels}
     except ValueError:
         return sorted(labels)
+    if not all(math.isfinite(v) for v in values.values()):
+        return sorted(labels)
+    return sorted(labels, key=lambda label: (values[label], label))

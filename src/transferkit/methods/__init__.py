@@ -67,6 +67,16 @@ METHODS = {
     "icl": icl,
 }
 
+def resolve_defaults(cfg):
+    """`cfg` with the regime's own learning rate, epochs and batch size written in where they were left empty."""
+    from dataclasses import replace
+
+    method, t = METHODS[cfg.regime], cfg.train
+    filled = {key: getattr(t, key) if getattr(t, key) is not None else getattr(method, key.upper(), None)
+              for key in ("lr", "epochs", "batch_size")}  # fmt: skip
+    return replace(cfg, train=replace(t, **filled))
+
+
 # Regimes that need a causal LM, and regimes a causal LM cannot run (they train a separate head).
 CAUSAL_ONLY = ("icl",)
 HEAD_ONLY = ("freeze", "staged")

@@ -40,6 +40,17 @@ class Config:
             raise UserError(f"lora.dropout must be in [0, 1) (got {self.dropout})")
 
 
+def check_targets(cfg: Config, model) -> None:
+    """Refuse lora.targets that name no module of the model, before any work (peft says so only when applied)."""
+    if not cfg.targets:
+        return
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in cfg.targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise UserError(f"lora.targets names '{missing[0]}', which the model has no module called; check lora.targets "
+                        "against the model's module names (e.g. query, value, dense)")  # fmt: skip
+
+
 def peft_config(cfg: Config, model) -> LoraConfig:
     return LoraConfig(
         task_type=model.peft_task_type,

@@ -14,6 +14,7 @@ from . import Stage, freeze, full
 
 LR = 5e-5
 EPOCHS = 3
+BATCH_SIZE = full.BATCH_SIZE
 
 
 @dataclass
@@ -22,12 +23,14 @@ class Config:
     """Epochs of the first stage (head only, on cached features)."""
     head_lr: float = 1e-3
     """Learning rate of the first stage."""
+    head_batch_size: int = freeze.BATCH_SIZE
+    """Examples per optimizer step in the first stage (on cached features)."""
     layer_decay: float = 0.8
     """Each layer below the head trains at this times the rate of the layer above it."""
 
     def __post_init__(self):
-        if self.head_epochs < 1 or not self.head_lr > 0:
-            raise UserError("staged.head_epochs and staged.head_lr must be positive")
+        if self.head_epochs < 1 or not self.head_lr > 0 or self.head_batch_size < 1:
+            raise UserError("staged.head_epochs, staged.head_lr and staged.head_batch_size must be positive")
         if not 0 < self.layer_decay <= 1:
             raise UserError(f"staged.layer_decay must be in (0, 1] (got {self.layer_decay})")
 
@@ -35,7 +38,7 @@ class Config:
 def stages(cfg) -> list[Stage]:
     t = cfg.train
     return [
-        Stage("head", freeze.apply, cfg.staged.head_lr, cfg.staged.head_epochs, cached=True, batch_size=freeze.BATCH_SIZE),
+        Stage("head", freeze.apply, cfg.staged.head_lr, cfg.staged.head_epochs, cached=True, batch_size=cfg.staged.head_batch_size),
         Stage(
             "all",
             full.apply,

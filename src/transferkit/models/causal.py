@@ -19,9 +19,9 @@ from peft import TaskType
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .. import assets, checkpoint
+from .. import assets, folders
 from ..errors import UserError
-from .text import Head, attention_dropout, quiet_transformers
+from .text import Head, attention_dropout, choose_max_length, load_pretrained, load_tokenizer, quiet_transformers, read_model_config
 
 LM_FILE = "lm.json"  # beside the weights: task, labels, verbalisers, prompt, demonstrations
 
@@ -41,10 +41,13 @@ def is_causal_lm(name_or_path: str) -> bool:
     if not config.is_file():
         return False
     try:
-        architectures = json.loads(config.read_text()).get("architectures") or []
-    except (json.JSONDecodeError, OSError):
+        raw = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError):  # a damaged config: the text-model loader says what is wrong with it
         return False
-    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    architectures = raw.get("architectures") if isinstance(raw, dict) else None
+    if not isinstance(architectures, list):
+        return False
+    return any(isinstance(a, str) and a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
 
 
 def model_folder(name_or_path: str, on_convert: Callable[[str], None] = lambda message: None) -> Path:
@@ -58,16 +61,36 @@ def model_folder(name_or_path: str, on_convert: Callable[[str], None] = lambda m
         raise UserError(f"model '{name_or_path}' is neither a built-in name nor a local model folder or .gguf file; check the path")
     target = cache_dir() / "models" / f"{path.stem}-{path.stat().st_size}"
     if not (target / "config.json").is_file():
+        check_gguf(path)
         on_convert(f"converting {path.name} to a safetensors folder in {target} (once; later loads take a second)")
         target.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.replace_dir(lambda folder: _convert_gguf(path, folder), target)
+        folders.replace_dir(lambda folder: _convert_gguf(path, folder), target)
     return target
+
+
+def check_gguf(path: Path) -> None:
+    """Read the GGUF header (memory-mapped, cheap) before announcing a conversion that cannot work."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise UserError("reading GGUF files needs the gguf package; install it with: pip install gguf") from None
+    try:
+        GGUFReader(path)
+    except Exception as e:  # not a GGUF file, or a cut-off one
+        text = " ".join(str(e).split())[:160] or type(e).__name__
+        raise UserError(f"'{path}' is not a readable GGUF file ({text}); pass a complete .gguf file") from None
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:
     quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except ImportError as e:
+        raise UserError(f"reading GGUF files needs the gguf package ({e}); install it with: pip install gguf") from None
+    except Exception as e:  # not a GGUF file, a cut-off one, an architecture transformers cannot convert
+        text = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UserError(f"cannot read GGUF file '{gguf}' ({text}); pass a complete .gguf file of a supported architecture") from None
     # The weights come out dequantised to fp32 but still marked as quantised, which makes
     # save_pretrained refuse; they are plain fp32 tensors now, so drop the mark.
     model.hf_quantizer = None
@@ -170,7 +193,7 @@ class CausalLM(nn.Module):
         """What comes before every classification query: the instruction and any demonstrations."""
         return self.prompt.prefix_ids(self.tokenizer, self.demos, self.max_length)
 
-    def encode(self, examples, train: bool = False) -> list[dict]:
+    def encode(self, examples, train: bool = False, note=lambda message: None) -> list[dict]:
         """Loader items: input_ids and, where there is something to learn, per-token labels (-100: not learned)."""
         if self.task == "classify":
             prefix, answers = self.prefix_ids(), self.prompt.answer_ids(self.tokenizer)
@@ -275,14 +298,15 @@ def _describe(messages: list[dict]) -> str:
     return repr(text[:40] + ("..." if len(text) > 40 else ""))
 
 
-def load_causal_lm(name_or_path: str, task: str, prompt: LabelPrompt | None, max_length: int, trust_remote_code: bool = False,
+def load_causal_lm(name_or_path: str, task: str, prompt: LabelPrompt | None, max_length: int | None, trust_remote_code: bool = False,
                    on_convert: Callable[[str], None] = lambda message: None, attention_dropout_p: float | None = None) -> CausalLM:  # fmt: skip
     """A pre-trained causal LM (built-in name, folder or GGUF file), ready for `task`."""
     folder = model_folder(name_or_path, on_convert)
+    max_length = choose_max_length(read_model_config(folder, trust_remote_code), max_length, folder)
     quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(folder, trust_remote_code)
     dropout = attention_dropout(folder, attention_dropout_p, trust_remote_code)
-    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=trust_remote_code, **dropout)
+    hf = load_pretrained(AutoModelForCausalLM, folder, trust_remote_code=trust_remote_code, **dropout)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return CausalLM(hf, tokenizer, max_length, task, prompt, str(folder.resolve()))

@@ -19,6 +19,7 @@ from peft import TaskType
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from .. import assets
+from ..config import DEFAULT_MAX_LENGTH
 from ..errors import UserError
 
 
@@ -89,13 +90,15 @@ class TextClassifier(nn.Module):
         id2label = self.hf.config.id2label
         return [id2label[i] for i in range(len(id2label))]
 
-    def encode(self, examples, train: bool = False) -> list[dict]:
-        """Loader items: token ids (unpadded) and the label index, when the examples have labels."""
-        ids = self.tokenizer(list(examples.inputs), truncation=True, max_length=self.max_length)["input_ids"]
-        if examples.labels is None:
-            return [{"input_ids": x} for x in ids]
-        index = {name: i for i, name in enumerate(self.label_names)}
-        return [{"input_ids": x, "labels": index[y]} for x, y in zip(ids, examples.labels)]
+    def encode(self, examples, train: bool = False, note=lambda message: None):
+        """Loader items: token ids (unpadded, cached per data file and tokenizer) and the label index."""
+        from ..data.tokens import token_items
+
+        labels = None
+        if examples.labels is not None:
+            index = {name: i for i, name in enumerate(self.label_names)}
+            labels = [index[y] for y in examples.labels]
+        return token_items(examples, self.tokenizer, self.max_length, labels, note)
 
     def add_adapter(self, peft_config) -> None:
         from peft import get_peft_model
@@ -179,24 +182,25 @@ def load_text_classifier(
     name_or_path: str,
     label_names: list[str],
     trust_remote_code: bool = False,
-    max_length: int = 512,
+    max_length: int | None = None,
     attention_dropout_p: float | None = None,
 ) -> TextClassifier:
     """A pre-trained encoder (built-in name or local folder) with a fresh head for `label_names`."""
     path = assets.resolve_model(name_or_path)
-    if not (path / "config.json").is_file():
-        raise UserError(f"model folder '{path}' has no config.json; pass a Hugging Face model folder")
+    config = read_model_config(path, trust_remote_code)
+    max_length = choose_max_length(config, max_length, path)
     quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    hf = AutoModelForSequenceClassification.from_pretrained(
+    tokenizer = load_tokenizer(path, trust_remote_code)
+    hf = load_pretrained(
+        AutoModelForSequenceClassification,
         path,
+        head=HEADS[config.model_type].modules if config.model_type in HEADS else (),
         **attention_dropout(path, attention_dropout_p, trust_remote_code),
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
         ignore_mismatched_sizes=True,  # a folder fine-tuned earlier may carry a head of another size
         trust_remote_code=trust_remote_code,
-        dtype=torch.float32,
     )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -204,10 +208,81 @@ def load_text_classifier(
     return TextClassifier(hf, tokenizer, max_length)
 
 
+def read_model_config(path: Path, trust_remote_code: bool = False):
+    """The folder's config.json as a transformers config, or a one-line error saying what is wrong with it."""
+    file = path / "config.json"
+    if not file.is_file():
+        raise UserError(f"model folder '{path}' has no config.json; pass a Hugging Face model folder")
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"'{file}' is not valid JSON ({e}); the model folder is damaged") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("model_type"), str):
+        raise UserError(f"'{file}' is not a Hugging Face model config (it has no model_type); pass a Hugging Face model folder")
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        text = " ".join(str(e).split())[:200]
+        if "trust_remote_code" in text:
+            raise UserError(f"model '{path}' needs code shipped inside its folder; pass --trust-remote-code if you trust its author") from None
+        raise UserError(f"cannot read the config of model '{path}' ({text}); check model_type in {file}") from None
+
+
+def choose_max_length(config, max_length: int | None, path: Path) -> int:
+    """The truncation length: `max_length` if the model holds it, by default 128 or the model's context if shorter."""
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if max_length is None:
+        return min(DEFAULT_MAX_LENGTH, positions) if positions else DEFAULT_MAX_LENGTH
+    if positions and max_length > positions:
+        raise UserError(f"model.max_length={max_length} is more than model '{path}' holds ({positions} positions); "
+                        f"set model.max_length={positions} or less")  # fmt: skip
+    return max_length
+
+
+# A folder holds its tokenizer in one of these; without them transformers builds an empty tokenizer that
+# knows only the special tokens, and every word becomes [UNK].
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "merges.txt")
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False, **kwargs):
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"model folder '{path}' has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...); "
+                        "save the tokenizer into it (tokenizer.save_pretrained(folder))")  # fmt: skip
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    except Exception as e:  # a missing or damaged tokenizer raises many types: all mean the same here
+        text = " ".join(str(e).split())[:160] or type(e).__name__
+        raise UserError(f"cannot load the tokenizer of model '{path}' ({text}); the folder needs its tokenizer files") from None
+
+
+def load_pretrained(auto_class, path: Path, head: tuple[str, ...] = (), **kwargs):
+    """`auto_class.from_pretrained(path)` in fp32 from safetensors only, refusing a folder whose weights do
+    not cover the backbone (a random network would train without a word otherwise)."""
+    safetensors = list(path.glob("*.safetensors")) or list(path.glob("*.safetensors.index.json"))
+    if not safetensors:
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        if pickles:
+            raise UserError(f"model folder '{path}' has its weights only as a pickle ({pickles[0]}), which transferkit never "
+                            "loads; convert them to safetensors (model.save_pretrained(folder, safe_serialization=True))")  # fmt: skip
+        raise UserError(f"model folder '{path}' holds no weights (*.safetensors); pass a folder with the model's weights")
+    try:
+        hf, info = auto_class.from_pretrained(path, use_safetensors=True, dtype=torch.float32, output_loading_info=True, **kwargs)
+    except Exception as e:  # truncated or damaged weight files raise many types
+        text = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UserError(f"cannot load the weights of model '{path}' ({text}); the weights files are damaged or incomplete") from None
+    prefix = hf.base_model_prefix + "."
+    missing = [k for k in info["missing_keys"] if k.startswith(prefix) and not any(k.startswith(m + ".") for m in head)]
+    if missing:
+        total = sum(1 for k in hf.state_dict() if k.startswith(prefix))
+        raise UserError(f"model folder '{path}' lacks {len(missing)} of the backbone's {total} weights (e.g. {missing[0]}); "
+                        "it would train from random weights: pass a complete model folder (or --regime scratch on purpose)")  # fmt: skip
+    return hf
+
+
 def load_saved_classifier(model_dir: Path) -> TextClassifier:
     """A classifier saved by `transferkit train`: a full model folder or a PEFT adapter folder."""
     quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     adapter_config = model_dir / "adapter_config.json"
     if adapter_config.is_file():
         from peft import PeftModel

@@ -160,7 +160,7 @@ class ImageClassifier(nn.Module):
                 module.eval()
         return self
 
-    def encode(self, examples, train: bool = False) -> ImageItems:
+    def encode(self, examples, train: bool = False, note=lambda message: None) -> ImageItems:
         """Loader items made on access: a random crop and flip for training, the center crop otherwise."""
         c = self.config
         if train:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 from .activations import block_bytes, inference_bytes, largest_transient, outside_blocks_bytes
 from .architecture import Architecture
-from ..config import ModelConfig
+from ..config import DEFAULT_MAX_LENGTH, ModelConfig
 from ..errors import UserError
 from ..methods import lora, prompt
 
@@ -50,7 +50,7 @@ class Setup:
     """adamw, adamw-8bit (bitsandbytes) or sgd (with momentum)."""
     batch_size: int = 16
     """Examples per forward pass (the micro-batch)."""
-    seq_len: int = 128
+    seq_len: int = DEFAULT_MAX_LENGTH
     """Tokens per example, padded or truncated."""
     gradient_checkpointing: bool = False
     """Keep only each block's input and recompute the block in the backward pass."""

@@ -85,6 +85,16 @@ def confusion_figure(matrix: list[list[int]], labels: list[str], title: str):
     return fig
 
 
+# A confusion matrix drawn for more classes than this is unreadable, and its figure's memory grows
+# with the square of the class count (1,000 classes took 24 GB); the per-class table stays.
+MAX_MATRIX_CLASSES = 30
+
+
+def too_many_classes(n: int) -> str:
+    return (f"<p>{n} classes: the confusion matrix is not drawn above {MAX_MATRIX_CLASSES} classes; the per-class "
+            "table above and metrics.json (test.confusion_matrix) hold every count.</p>")  # fmt: skip
+
+
 def read_log(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
@@ -113,8 +123,10 @@ def run_report(run_dir: Path) -> str:
         sections.append(f"<p>Prompt: {p['shots']} demonstrations, {p['prefix_tokens']} prefix tokens, calibrated: {p['calibrated']}.</p>")
     records = read_log(run_dir)
     plots = [figure_tag(learning_curves(records, metrics["regime"]), "learning curves")] if records else []
-    if "confusion_matrix" in test:
+    if "confusion_matrix" in test and len(metrics["labels"]) <= MAX_MATRIX_CLASSES:
         plots.append(figure_tag(confusion_figure(test["confusion_matrix"], metrics["labels"], "test confusion matrix"), "confusion matrix"))
+    elif "confusion_matrix" in test:
+        sections.append(too_many_classes(len(metrics["labels"])))
     if metrics.get("forgetting"):
         sections += ["<h2>Forgetting</h2>", forgetting_table(metrics["forgetting"])]
         plots.append(figure_tag(forgetting_figure(metrics["forgetting"]), "forgetting before and after"))
@@ -169,7 +181,7 @@ def comparison_report(comparison, base) -> str:
     finished = [r for r in comparison.rows if "error" not in r]
     best = max((r for r in finished if r["train_size"] == sizes[-1]), key=lambda r: r[metric])
     best_metrics = json.loads((Path(best["run"]) / "metrics.json").read_text())
-    if "confusion_matrix" in best_metrics["test"]:
+    if "confusion_matrix" in best_metrics["test"] and len(best_metrics["labels"]) <= MAX_MATRIX_CLASSES:
         plots.append(figure_tag(confusion_figure(best_metrics["test"]["confusion_matrix"], best_metrics["labels"],
                                                  f"test confusion matrix: {best['regime']}"), "confusion matrix"))
     import yaml

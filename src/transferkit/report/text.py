@@ -16,12 +16,31 @@ def format_metrics(metrics: dict) -> str:
     lines.append(f"{'class':<{width}}  precision  recall     f1  support")
     for name, m in metrics["per_class"].items():
         lines.append(f"{name:<{width}}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:.4f}  {m['support']:7d}")
+    if len(names) > 30:
+        return "\n".join(lines + ["", f"confusion matrix: {len(names)} classes, too many to print (in metrics.json)"])
     lines += ["", "confusion matrix (rows: true, columns: predicted)"]
     cell = max(5, max(len(str(v)) for row in metrics["confusion_matrix"] for v in row) + 1)
     lines.append(" " * width + "".join(f"{n[:cell - 1]:>{cell}}" for n in names))
     for name, row in zip(names, metrics["confusion_matrix"]):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
     return "\n".join(lines)
+
+
+def show_data_warnings() -> None:
+    """Warnings about the user's data print as one line, 'warning: ...', without the source line."""
+    import warnings
+
+    from ..data.tables import DataWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            print(f"warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 class BarProgress:
