@@ -165,7 +165,9 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
         _choose_demonstrations(cfg, model, splits)
     forgetting = _start_forgetting(cfg, model, accelerator, precision, progress)
     # Encoded once: token ids for text (padding happens per batch), transformed images for vision.
-    tokens = {name: model.encode(getattr(splits, name), train=name == "train", note=progress.note) for name in ("train", "validation", "test")}
+    notes: list[str] = []  # what encoding said (e.g. that the tokens came from the cache), kept in metrics.json
+    note = lambda message: notes.append(message) or progress.note(message)  # noqa: E731
+    tokens = {name: model.encode(getattr(splits, name), train=name == "train", note=note) for name in ("train", "validation", "test")}
     if cfg.replay.ratio:
         tokens["train"] = tokens["train"] + _replay_items(cfg, model, len(tokens["train"]))
     extra_validation = _general_validation(cfg, model, accelerator, precision) if train_cfg.metric == "loss+general" else None
@@ -222,6 +224,7 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
             "name": cfg.data.name,
             **{n: len(getattr(splits, n)) for n in ("train", "validation", "test")},
             "skipped_files": splits.skipped,
+            "notes": notes,
         },
         "labels": splits.label_names,
         "test": test,
