@@ -39,7 +39,7 @@ def cpu_flags() -> str:
 
 def make_csv(path: Path, rows: int) -> None:
     sys.path.insert(0, str(ROOT / "src"))
-    from transferkit.data.tables import read_builtin
+    from transferkit.data.builtin import read_builtin
 
     pool = read_builtin("tweet-sentiment")
     chosen = random.Random(0).sample(list(zip(pool.inputs, pool.labels)), rows)  # the file is sorted by label

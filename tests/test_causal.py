@@ -15,7 +15,7 @@ import torch
 from conftest import TOY_LABELS, check_step, llama_overrides, tiny_overrides, toy_chats, toy_rows, write_csv, write_jsonl
 from test_cli_errors import check_refused
 from transferkit import cli, load_config, train
-from transferkit.data.tables import Examples
+from transferkit.data.examples import Examples
 from transferkit.eval.scoring import label_scores
 from transferkit.methods import METHODS
 from transferkit.models import load_model

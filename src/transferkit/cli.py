@@ -246,7 +246,8 @@ def _plan_data(args):
     if args.data is None:
         return None
     from .assets import DATASETS
-    from .data.tables import labelled_examples, read_builtin
+    from .data.builtin import read_builtin
+    from .data.tables import labelled_examples
 
     if args.data in DATASETS:
         examples = read_builtin(args.data)

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 from .config import RunConfig, load_config
 from .data.batching import make_loader
 from .data.splits import read_labelled
-from .data.tables import Examples
+from .data.examples import Examples
 from .errors import UserError
 from .models import load_saved_model
 from .tasks import Classification

@@ -13,7 +13,9 @@ from pathlib import Path
 from .. import assets
 from ..errors import UserError
 from .corpus import read_passages
-from .tables import Examples, read_builtin, read_table, table_rows
+from .builtin import read_builtin
+from .examples import Examples
+from .tables import read_table, table_rows
 
 ROLES = ("system", "user", "assistant")
 PROMPT_CHARS = 400  # a built-in labelled text is cut to its start when it becomes a prompt

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from .. import assets
 from ..errors import UserError
-from .tables import TABLE_SUFFIXES, Examples, labelled_examples, read_builtin, read_builtin_test, saved_splits, texts_of, labels_of
+from .builtin import read_builtin, read_builtin_test
+from .examples import Examples
+from .tables import TABLE_SUFFIXES, labelled_examples, labels_of, saved_splits, texts_of
 
 
 @dataclass

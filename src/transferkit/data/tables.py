@@ -21,12 +21,12 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from .. import assets
 from ..errors import UserError
+from .examples import Examples, TextSource
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 LINE = "__transferkit_line__"  # the file line each row starts on, for error messages; never shown as data
@@ -35,47 +35,6 @@ csv.field_size_limit(2**31 - 1)  # the default (131,072 characters) refuses long
 # Values that mean "no label" in data exports (pandas' NA strings, compared case-insensitively).
 MISSING_MARKERS = {"", "nan", "-nan", "null", "none", "na", "n/a", "<na>", "#n/a", "nil"}
 EMPTY_TEXT_SHARE = 0.1  # more empty texts than this share of the rows stops the run
-
-
-@dataclass
-class Examples:
-    """Inputs and what the task learns from them (label strings), one split or one pool.
-
-    `inputs` are texts (a lazy column of a memory-mapped `datasets.Dataset` when read from a table),
-    image files or arrays, or generation examples (dicts). `source` and `indices` say where text inputs
-    came from, so that their tokens are computed once per file and tokenizer (data/tokens.py).
-    """
-
-    inputs: Sequence
-    labels: list[str] | None
-    skipped: list[str] = field(default_factory=list)
-    """Files found beside the data but not read (not images), to report."""
-    source: TextSource | None = None
-    indices: list[int] | None = None
-    """Rows of `source` these examples are, in order (None: all of them)."""
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def subset(self, indices: list[int]) -> Examples:
-        labels = None if self.labels is None else [self.labels[i] for i in indices]
-        if self.source is not None:
-            rows = [self.indices[i] for i in indices] if self.indices is not None else list(indices)
-            return Examples(self.source.texts(rows), labels, source=self.source, indices=rows)
-        return Examples([self.inputs[i] for i in indices], labels)
-
-
-@dataclass
-class TextSource:
-    """The texts of one table: the rows (a datasets.Dataset), which column, and a fingerprint of the content."""
-
-    rows: object  # datasets.Dataset
-    column: str
-    fingerprint: str
-
-    def texts(self, indices: list[int] | None = None):
-        rows = self.rows if indices is None else self.rows.select(indices)
-        return rows[self.column]
 
 
 @dataclass
@@ -475,49 +434,6 @@ def read_texts(path: str | Path, text_column: str) -> Examples:
         raise UserError(f"input file '{path}' holds no rows; give at least one")
     texts, source = texts_of(table, text_column, role="input")
     return Examples(texts, None, source=source)
-
-
-# --- built-in datasets -----------------------------------------------------------------------------
-
-
-def read_builtin_test(name: str) -> Examples | None:
-    """The official test split of a built-in dataset that has one (None: split it off)."""
-    if name == "fashion-mnist":
-        from .images import read_fashion_mnist
-
-        return read_fashion_mnist(assets.DATASETS[name].path(), "t10k")
-    return None
-
-
-def read_builtin(name: str) -> Examples:
-    """One of the built-in datasets, as a single pool of examples (split later)."""
-    root = assets.DATASETS[name].path()
-    if name == "bbc-news":
-        # Files sorted by path so that the same seed gives the same split on every machine. A few
-        # articles hold a stray non-UTF-8 byte; it becomes U+FFFD here (ours to read, not a user's file).
-        files = sorted(p for p in root.glob("*/*.txt"))
-        return in_memory_texts([p.read_text(encoding="utf-8", errors="replace") for p in files], [p.parent.name for p in files])
-    if name == "tweet-sentiment":
-        # Not UTF-8 throughout (a few Latin-1 bytes): ours to read leniently, as the U+FFFD character.
-        with open(root, encoding="utf-8", errors="replace", newline="") as f:
-            rows = list(csv.DictReader(f))
-        return in_memory_texts([r["text"] for r in rows], [r["sentiment"].strip() for r in rows])
-    if name == "fashion-mnist":
-        from .images import read_fashion_mnist
-
-        return read_fashion_mnist(root, "train")
-    raise AssertionError(f"no reader for built-in dataset {name}")
-
-
-def in_memory_texts(texts: list[str], labels: list[str] | None) -> Examples:
-    """Texts held in memory as a Dataset with a content fingerprint, so their tokens are cached too."""
-    import datasets
-
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
-    rows = datasets.Dataset.from_dict({"text": texts})
-    return Examples(rows["text"], labels, source=TextSource(rows, "text", digest.hexdigest()))
 
 
 # --- small helpers ---------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import json
 
 import torch
 
-from .tables import Examples, TextSource, quiet_datasets
+from .examples import Examples, TextSource
+from .tables import quiet_datasets
 
 FORMAT = 1  # bump when what is stored changes
 

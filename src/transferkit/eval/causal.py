@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..data.batching import make_loader
-from ..data.tables import Examples
+from ..data.examples import Examples
 from ..tasks import LanguageModeling
 from ..training.loop import Progress, evaluate
 from .generation import exact_match, generate

@@ -138,7 +138,7 @@ def probe_splits(cfg, seed: int = 0):
     """(train, test, name) of the encoder's probe task: a second built-in dataset, or None if not installed."""
     from .. import assets
     from ..data.splits import stratified_split, stratified_subset
-    from ..data.tables import read_builtin
+    from ..data.builtin import read_builtin
 
     name = cfg.forgetting.probe or ("bbc-news" if cfg.data.name == "tweet-sentiment" else "tweet-sentiment")
     if name not in assets.DATASETS or assets.DATASETS[name].modality != "text":

@@ -18,7 +18,7 @@ gradients flow. Under autocast each linear keeps its own 16-bit cast of an fp32 
 
 from __future__ import annotations
 
-from .architecture import Architecture
+from .architecture import Architecture, lora_targets
 
 
 def sizes(s) -> tuple[int, int]:
@@ -111,9 +111,7 @@ def _linear_inputs(arch: Architecture, s, c: int, f: int) -> list[tuple[str, flo
 
 
 def _lora_inputs(arch: Architecture, s, c: int, f: int, mask) -> list[tuple[str, float]]:
-    from .memory import lora_targets
-
-    targets = lora_targets(arch, s)
+    targets = lora_targets(arch, s.lora_targets)
     # peft casts the adapter's input to the adapter's dtype (fp32) before its dropout; under
     # autocast lora_A then keeps a 16-bit cast of it, otherwise the fp32 dropout output.
     kept = c if s.mixed else 4

@@ -308,3 +308,14 @@ def _gpt2(c) -> Architecture:
         rms_norm=False,
         mlp_saves=4 if c.activation_function == "gelu_new" else 1,
     )
+
+
+def lora_targets(arch: Architecture, names: tuple[str, ...]) -> list[Linear]:
+    """The linear layers of a block that LoRA adapts: those named, or every one."""
+    if not names:
+        return list(arch.block)
+    chosen = [lin for lin in arch.block if lin.name in names]
+    if not chosen:
+        known = ", ".join(dict.fromkeys(lin.name for lin in arch.block))
+        raise UserError(f"--lora-targets matches no linear layer of a {arch.model_type} block; its layers are: {known}")
+    return chosen

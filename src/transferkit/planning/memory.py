@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from .activations import block_bytes, inference_bytes, largest_transient, outside_blocks_bytes
-from .architecture import Architecture
+from .architecture import Architecture, lora_targets
 from ..config import DEFAULT_MAX_LENGTH, ModelConfig
 from ..errors import UserError
 from ..methods import lora, prompt
@@ -154,17 +154,7 @@ def parse_memory(text: str) -> int:
 
 def lora_parameters(arch: Architecture, setup: Setup) -> int:
     """Parameters LoRA adds: r * (in + out) for each targeted linear layer of every block."""
-    return arch.layers * sum(setup.lora_r * (lin.inputs + lin.outputs) for lin in lora_targets(arch, setup))
-
-
-def lora_targets(arch: Architecture, setup: Setup) -> list:
-    if not setup.lora_targets:
-        return list(arch.block)
-    chosen = [lin for lin in arch.block if lin.name in setup.lora_targets]
-    if not chosen:
-        names = ", ".join(dict.fromkeys(lin.name for lin in arch.block))
-        raise UserError(f"--lora-targets matches no linear layer of a {arch.model_type} block; its layers are: {names}")
-    return chosen
+    return arch.layers * sum(setup.lora_r * (lin.inputs + lin.outputs) for lin in lora_targets(arch, setup.lora_targets))
 
 
 def plan(arch: Architecture, setup: Setup) -> Plan:
