@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from transferkit import cli, load_config, train
 
 PLAIN_LOAD = r"""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import toy_rows, write_csv, write_jsonl
+from helpers import toy_rows, write_csv, write_jsonl
 from transferkit import cli
 
 QUICK = ["train.epochs=1", "train.batch_size=8", "train.patience=null", "train.precision=fp32", "model.max_length=16"]
@@ -248,7 +248,7 @@ CASES = [
     ("model folder without tokenizer", lambda w: w.train(w.good, "--model", str(w.model("no-tok", json.loads((w.bert / "config.json").read_text()),
                                                                                                 (w.bert / "model.safetensors").read_bytes(), tokenizer=False))),
      ["tokenizer"]),
-    ("fake gguf", lambda w: w.train(w.good, "--model", str(w.csv("fake.gguf", b"GGUF but not really"))), ["fake.gguf", "GGUF"]),
+    ("fake gguf", lambda w: w.train(w.good, "--model", str(w.csv("fake.gguf", b"GGUF but not really")), regime="full"), ["fake.gguf", "GGUF"]),
     ("not a model folder", lambda w: w.train(w.good, "--model", str(w.root)), ["no config.json"]),
     # --- predict and evaluate ---
     ("predict output is the input", lambda w: ["predict", str(w.run), "--input", str(w.good), "--output", str(w.good)], ["input file itself"]),

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TOY_LABELS, check_step, llama_overrides, tiny_overrides, toy_chats, toy_rows, write_csv, write_jsonl
-from test_cli_errors import check_refused
+from helpers import TOY_LABELS, check_step, llama_overrides, model_and_task, tiny_overrides, toy_chats, toy_rows, write_csv, write_jsonl
+from helpers import check_refused
 from transferkit import cli, load_config, train
 from transferkit.data.examples import Examples
 from transferkit.eval.scoring import label_scores
-from transferkit.methods import METHODS
-from transferkit.models import load_model
+from transferkit.methods import REGIMES
 
 V, H, I, L = 48, 32, 64, 2  # tiny Llama: vocabulary, hidden, intermediate, layers (4 heads, 2 KV heads of 8)
 KV = 16
@@ -45,23 +44,23 @@ def general_text(tmp_path_factory) -> Path:
     return path
 
 
-def toy_loader_batch(model, texts_labels):
+def toy_loader_batch(model, task, texts_labels):
     from transferkit.data.batching import collate
 
-    items = model.encode(Examples([t for t, _ in texts_labels], [y for _, y in texts_labels]))
+    items = task.encode(model, Examples([t for t, _ in texts_labels], [y for _, y in texts_labels]))
     return collate(model.pad_id)(items)
 
 
 @pytest.mark.parametrize("regime", ["full", "lora", "prompt", "scratch"])
 def test_causal_regime_invariants(regime, tiny_llama, tmp_path):
     cfg = load_config(None, llama_overrides(tiny_llama, tmp_path / "x.csv", tmp_path, regime))
-    model = load_model(cfg, TOY_LABELS)
-    (stage,) = METHODS[regime].stages(cfg)
+    model, task = model_and_task(cfg, TOY_LABELS)
+    (stage,) = REGIMES[regime].stages(cfg)
     stage.apply(model)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert sum(p.numel() for p in trainable.values()) == expected_trainable(regime)
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    batch = toy_loader_batch(model, [("the big apple pear", "fruit"), ("a red bus car", "vehicle")])
+    batch = toy_loader_batch(model, task, [("the big apple pear", "fruit"), ("a red bus car", "vehicle")])
     from transferkit.tasks import LanguageModeling
 
     logits = model(batch["input_ids"], batch["attention_mask"])
@@ -72,11 +71,11 @@ def test_causal_regime_invariants(regime, tiny_llama, tmp_path):
 
 def test_lora_at_init_equals_the_base_model(tiny_llama, tmp_path):
     cfg = load_config(None, llama_overrides(tiny_llama, tmp_path / "x.csv", tmp_path, "lora"))
-    model = load_model(cfg, TOY_LABELS).eval()
+    model = model_and_task(cfg, TOY_LABELS)[0].eval()
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         before = model(ids, torch.ones_like(ids))
-        METHODS["lora"].stages(cfg)[0].apply(model)
+        REGIMES["lora"].stages(cfg)[0].apply(model)
         assert torch.allclose(model.eval()(ids, torch.ones_like(ids)), before, atol=1e-6)
 
 
@@ -105,26 +104,27 @@ def test_generation_sft_beats_the_zero_shot_prompt(tiny_llama, toy_chat_file, tm
 
 def test_response_tokens_alone_are_learned(tiny_llama, tmp_path):
     cfg = load_config(None, llama_overrides(tiny_llama, tmp_path / "x.jsonl", tmp_path, "full", task="generate"))
-    model = load_model(cfg, [])
+    model, task = model_and_task(cfg)
     chat = [{"role": "user", "content": "which kind ? apple"}, {"role": "assistant", "content": "fruit"}]
-    item = model.encode(Examples([{"messages": chat}], None))[0]
+    item = task.encode(model, Examples([{"messages": chat}], None))[0]
     learned = [t for t, y in zip(item["input_ids"], item["labels"]) if y != -100]
     assert model.tokenizer.decode(learned) == "fruit <|im_end|>"
     prompt = model.prompt_tokens(model.chat_prompt(chat[:1]))
     assert item["input_ids"][: len(prompt)] == prompt  # the same prompt tokens as at inference
-    plain = model.encode(Examples([{"text": "the red apple"}], None))[0]
+    plain = task.encode(model, Examples([{"text": "the red apple"}], None))[0]
     assert plain["labels"] == plain["input_ids"]
 
 
 @pytest.mark.parametrize("shots", ["0", "4", "max"])
 def test_cached_prefix_scores_equal_full_prompt_scores(shots, tiny_llama, toy_csv, tmp_path):
     from transferkit.data.splits import load_splits
-    from transferkit.runs import _choose_demonstrations
+    from transferkit.methods import icl
 
     cfg = load_config(None, llama_overrides(tiny_llama, toy_csv, tmp_path, "icl", **{"icl.shots": shots}))
     splits = load_splits(cfg.data, 0)
-    model = load_model(cfg, splits.label_names).eval()
-    _choose_demonstrations(cfg, model, splits)
+    model, task = model_and_task(cfg, splits.label_names)
+    model.eval()
+    icl.prepare(model, task, splits, cfg)
     queries = [model.prompt.query_ids(model.tokenizer, t, model.max_length) for t in splits.test.inputs]
     cached, naive = label_scores(model, queries, cached=True), label_scores(model, queries, cached=False)
     assert torch.allclose(cached, naive, atol=1e-4)
@@ -182,12 +182,12 @@ def test_encoder_forgetting_cka_and_probe(tiny_bert, toy_csv, general_text, tmp_
 
 
 def test_replay_mixes_general_text_at_the_ratio(tiny_llama, toy_chat_file, general_text, tmp_path):
-    from transferkit.runs import _replay_items
+    from transferkit.eval.forgetting import replay_items
 
     cfg = load_config(None, llama_overrides(tiny_llama, toy_chat_file, tmp_path, "full", task="generate",
                                             **{"forgetting.corpus": str(general_text), "replay.ratio": 0.2}))  # fmt: skip
-    model = load_model(cfg, [])
-    items = _replay_items(cfg, model, 80)
+    model, _ = model_and_task(cfg)
+    items = replay_items(cfg, model, 80)
     assert len(items) == 20  # 20 / (80 + 20) = 0.2
     assert all(item["labels"] == item["input_ids"] for item in items)
 

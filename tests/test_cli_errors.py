@@ -4,7 +4,6 @@ folder that was there before is left exactly as it was."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import shutil
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_overrides, toy_rows, write_csv
+from helpers import check_refused, fingerprint, tiny_overrides, toy_rows, write_csv
 from transferkit import assets, cli
 
 
@@ -30,25 +29,6 @@ def run_dir(finished_run, tmp_path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(finished_run, copy)
     return copy
-
-
-def fingerprint(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def check_refused(capsys, argv: list[str], run_dir: Path, *words: str) -> str:
-    """Runs the CLI in-process; asserts exit 2, a single-line message with `words`, the run intact."""
-    before = fingerprint(run_dir)
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    message = err[-1]
-    assert message.startswith("error: "), err
-    assert not any("Traceback" in line for line in err)
-    for word in words:
-        assert word in message, message
-    assert fingerprint(run_dir) == before
-    assert not run_dir.with_name(run_dir.name + ".partial").exists()
-    return message
 
 
 def train_args(tiny_bert, data, run_dir, regime="freeze", **extra) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from transferkit import cli, load_config, train
 from transferkit.compare import compare
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from transferkit import UserError, load_config
-from transferkit.methods import METHODS
+from transferkit.methods import REGIMES
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
 
@@ -15,7 +15,7 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_example_configs_load_and_say_how_to_run(path):
     cfg = load_config(path)
-    assert cfg.regime in METHODS
+    assert cfg.regime in REGIMES
     head = path.read_text().splitlines()
     command = f"configs/{path.parent.name}/{path.name}"
     assert head[0].startswith("# ") and any(f"transferkit train {command}" in l or f"transferkit compare {command}" in l for l in head[:4])
@@ -33,7 +33,7 @@ def test_overrides_beat_the_file_and_coerce_types(tmp_path):
 def test_defaults_leave_the_regime_to_choose():
     cfg = load_config()
     assert cfg.train.lr is None and cfg.train.epochs is None and cfg.train.batch_size is None
-    full, freeze = (METHODS[r].stages(load_config(None, [f"regime={r}"]))[0] for r in ("full", "freeze"))
+    full, freeze = (REGIMES[r].stages(load_config(None, [f"regime={r}"]))[0] for r in ("full", "freeze"))
     assert full.lr < freeze.lr and full.epochs < freeze.epochs
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOY_LABELS, toy_rows, write_csv, write_jsonl
+from helpers import TOY_LABELS, toy_rows, write_csv, write_jsonl
 from transferkit import cli, load_config, train
 from transferkit.data.tables import csv_records
 
@@ -67,8 +67,8 @@ def text_run(tiny_bert, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("line_end", ["\n", "\r\n"])
 def test_the_model_sees_each_text_exactly_as_written(line_end, tiny_bert, tmp_path):
+    from helpers import model_and_task
     from transferkit.data.splits import load_splits
-    from transferkit.models import load_model
 
     rows = awkward_rows()
     cfg = load_config(None, {"model.name": str(tiny_bert), "data.name": str(write_table(tmp_path / "d.csv", rows, line_end, bom=True)),
@@ -76,8 +76,8 @@ def test_the_model_sees_each_text_exactly_as_written(line_end, tiny_bert, tmp_pa
     splits = load_splits(cfg.data, 0)
     everything = [*splits.train.inputs, *splits.validation.inputs, *splits.test.inputs]
     assert sorted(everything) == sorted(r["text"] for r in rows)  # 60 rows in, 60 texts out, each as written
-    model = load_model(cfg, splits.label_names)
-    items = model.encode(splits.train)
+    model, task = model_and_task(cfg, splits.label_names)
+    items = task.encode(model, splits.train)
     for i in range(len(splits.train)):
         assert items[i]["input_ids"] == model.tokenizer(splits.train.inputs[i], truncation=True, max_length=64)["input_ids"]
 

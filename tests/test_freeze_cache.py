@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers.models.bert import modeling_bert
 
-from conftest import tiny_overrides
+from helpers import tiny_overrides
 from transferkit import load_config, train
 
 

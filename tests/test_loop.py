@@ -10,8 +10,9 @@ from torch import nn
 
 from transferkit import load_config
 from transferkit.data.batching import make_loader
+from transferkit.methods import Stage
 from transferkit.tasks import Classification
-from transferkit.training.loop import fit
+from transferkit.training.loop import Hooks, fit
 
 
 class Linear(nn.Module):
@@ -41,7 +42,7 @@ def test_accumulated_micro_batches_equal_one_large_batch():
     for micro, accumulation in ((8, 1), (4, 2), (2, 4)):
         m = copy.deepcopy(model)
         fit(m, make_loader(data, micro, False, 0), make_loader(data, 8, False, 0), Classification(["a", "b"]), Accelerator(),
-            cfg=train_cfg(), lr=0.1, epochs=1, accumulation=accumulation, precision="fp32")
+            Stage("train", None, lr=0.1, epochs=1, batch_size=micro * accumulation), train_cfg(**{"train.micro_batch_size": micro}), "fp32")
         # One validation, after the last step: it is the best, so these are the trained weights.
         results.append(m.layer.weight.detach().clone())
     assert torch.allclose(results[0], results[1], atol=1e-6)
@@ -58,8 +59,8 @@ def test_early_stopping_and_best_weights_restored():
     # A rate of zero: no validation improves on the one before step 1, so early stopping ends it
     # after `patience` validations, and the initial weights (step 0) are the best.
     result = fit(model, make_loader(data, 8, True, 0), make_loader(data, 8, False, 0), Classification(["a", "b"]),
-                 Accelerator(), cfg=train_cfg(**{"train.patience": 2, "train.eval_every_steps": 1, "train.metric": "loss"}),
-                 lr=0.0, epochs=50, precision="fp32", log=log.append)
+                 Accelerator(), Stage("train", None, lr=0.0, epochs=50, batch_size=8),
+                 train_cfg(**{"train.patience": 2, "train.eval_every_steps": 1, "train.metric": "loss"}), "fp32", Hooks(log=log.append))
     assert result.stopped_early and result.steps == 2 and result.best_step == 0  # two without improvement
     assert torch.equal(model.layer.weight, initial)
     assert [r["step"] for r in log] == [1, 2] and all("val_loss" in r for r in log)
@@ -71,10 +72,10 @@ def test_a_stage_that_only_hurts_returns_the_incoming_weights():
     model = Linear()
     loaders = make_loader(data, 8, True, 0), make_loader(data, 64, False, 0)
     task, cfg = Classification(["a", "b"]), train_cfg(**{"train.metric": "loss"})
-    first = fit(model, *loaders, task, Accelerator(), cfg=cfg, lr=0.05, epochs=10, precision="fp32")
+    first = fit(model, *loaders, task, Accelerator(), Stage("first", None, lr=0.05, epochs=10, batch_size=8), cfg, "fp32")
     trained = model.layer.weight.detach().clone()
     # A huge rate: every validation is worse than the weights the first stage left, so they stay.
-    second = fit(model, *loaders, task, Accelerator(), cfg=cfg, lr=1e3, epochs=3, precision="fp32")
+    second = fit(model, *loaders, task, Accelerator(), Stage("second", None, lr=1e3, epochs=3, batch_size=8), cfg, "fp32")
     assert second.best_step == 0 and second.best_metrics["loss"] == first.best_metrics["loss"]
     assert torch.equal(model.layer.weight, trained)
 
@@ -84,5 +85,5 @@ def test_fit_learns_a_separable_problem():
     torch.manual_seed(0)
     model = Linear()
     result = fit(model, make_loader(data, 8, True, 0), make_loader(data, 64, False, 0), Classification(["a", "b"]),
-                 Accelerator(), cfg=train_cfg(), lr=0.05, epochs=10, precision="fp32")
+                 Accelerator(), Stage("train", None, lr=0.05, epochs=10, batch_size=8), train_cfg(), "fp32")
     assert result.best_metrics["accuracy"] >= 0.95

@@ -318,7 +318,7 @@ def test_plan_defaults_are_transferkits_own():
     s = Setup()
     assert (s.lora_r, s.lora_dropout) == (lora.Config().r, lora.Config().dropout)
     assert s.prompt_tokens == prompt.Config().num_virtual_tokens
-    assert (s.batch_size, s.seq_len) == (full.BATCH_SIZE, DEFAULT_MAX_LENGTH)
+    assert (s.batch_size, s.seq_len) == (full.REGIME.batch_size, DEFAULT_MAX_LENGTH)
 
 
 def test_parse_memory_units():
@@ -332,7 +332,7 @@ def test_parse_memory_units():
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory) -> Path:
     """A BERT config and a word-level tokenizer: all `plan` reads (no weights, no training)."""
-    from conftest import FILLER, FRUIT, VEHICLE
+    from helpers import FILLER, FRUIT, VEHICLE
 
     folder = tmp_path_factory.mktemp("tiny-plan")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + FRUIT + VEHICLE + FILLER

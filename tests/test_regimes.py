@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from conftest import CNN_WIDTHS, IMAGE_LABELS, TOY_LABELS, check_step, image_overrides, tiny_overrides
+from helpers import CNN_WIDTHS, IMAGE_LABELS, TOY_LABELS, check_step, image_overrides, tiny_overrides
 from transferkit import load_config, train
 from transferkit.errors import UserError
-from transferkit.methods import CAUSAL_ONLY, METHODS
+from transferkit.methods import REGIMES
 
-TEXT_REGIMES = [r for r in METHODS if r not in CAUSAL_ONLY]  # icl prompts a causal LM: tests/test_causal.py
+TEXT_REGIMES = [r for r, regime in REGIMES.items() if "encoder" in regime.kinds]  # icl prompts a causal LM: tests/test_causal.py
 from transferkit.models.text import load_text_classifier
 from transferkit.models.vision import load_image_classifier
 from transferkit.training.features import HeadOnFeatures
@@ -57,7 +57,7 @@ def test_regime_invariants(regime, tiny_bert, tmp_path):
     cfg = load_config(None, tiny_overrides(tiny_bert, tmp_path / "unused.csv", tmp_path, regime))
     model = load_text_classifier(str(tiny_bert), TOY_LABELS)
     vocab = model.hf.config.vocab_size
-    for stage, expected in zip(METHODS[regime].stages(cfg), expected_trainable(regime, vocab), strict=True):
+    for stage, expected in zip(REGIMES[regime].stages(cfg), expected_trainable(regime, vocab), strict=True):
         stage.apply(model)
         trainee = HeadOnFeatures(model) if stage.cached else model
         trainable = {n: p for n, p in trainee.named_parameters() if p.requires_grad}
@@ -121,7 +121,7 @@ def test_image_regime_invariants(regime, tiny_cnn, tmp_path):
     cfg = load_config(None, image_overrides(tiny_cnn, tmp_path / "unused", tmp_path, regime))
     model = load_image_classifier(str(tiny_cnn), IMAGE_LABELS, 16)
     pixels, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1])
-    for stage, expected in zip(METHODS[regime].stages(cfg), expected_image_trainable(regime), strict=True):
+    for stage, expected in zip(REGIMES[regime].stages(cfg), expected_image_trainable(regime), strict=True):
         stage.apply(model)
         trainee = HeadOnFeatures(model) if stage.cached else model
         trainable = {n: p for n, p in trainee.named_parameters() if p.requires_grad}
@@ -156,7 +156,7 @@ def test_image_lora_at_init_equals_the_base_model(tiny_cnn, tmp_path):
     pixels = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         before = model(pixels)
-        METHODS["lora"].stages(cfg)[0].apply(model)
+        REGIMES["lora"].stages(cfg)[0].apply(model)
         assert torch.allclose(model.eval()(pixels), before, atol=1e-6)
 
 
@@ -183,10 +183,10 @@ def test_scratch_really_starts_from_random_weights(tiny_bert, tmp_path):
 
 def test_attention_dropout_is_off_by_default_and_the_models_own_on_request(tiny_bert, toy_csv, tmp_path):
     """Off by default so that the fused attention kernels run; empty keeps the pre-trained config's 0.1."""
-    from transferkit.models import load_model
+    from helpers import model_and_task
 
     def attention_dropouts(extra: dict) -> set[float]:
-        model = load_model(load_config(None, tiny_overrides(tiny_bert, toy_csv, tmp_path, "full", **extra)), TOY_LABELS)
+        model, _ = model_and_task(load_config(None, tiny_overrides(tiny_bert, toy_csv, tmp_path, "full", **extra)), TOY_LABELS)
         return {m.dropout.p for name, m in model.hf.named_modules() if name.endswith("attention.self")}
 
     assert attention_dropouts({}) == {0.0}

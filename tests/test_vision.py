@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import IMAGE_LABELS, image_overrides, toy_image, write_toy_images
-from test_cli_errors import check_refused
+from helpers import IMAGE_LABELS, image_overrides, toy_image, write_toy_images
+from helpers import check_refused
 from transferkit import UserError, assets, cli, load_config, train
 from transferkit.data.images import ImageItems, open_rgb, random_resized_crop, resize_center_crop
 from transferkit.data.splits import load_splits
@@ -77,11 +77,11 @@ def test_saved_efficientnet_folder_loads_in_the_upstream_class(tmp_path):
 
 @needs_efficientnet
 def test_lora_on_efficientnet_adapts_the_1x1_convolutions_and_keeps_batch_norm_frozen(tmp_path):
-    from transferkit.methods import METHODS
+    from transferkit.methods import REGIMES
 
     cfg = load_config(None, {"regime": "lora", "model.name": "efficientnet-lite0", "model.image_size": 32})
     model = vision.load_image_classifier("efficientnet-lite0", ["a", "b"], 32)
-    METHODS["lora"].stages(cfg)[0].apply(model)
+    REGIMES["lora"].stages(cfg)[0].apply(model)
     adapted = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if ".lora_A." in n}
     assert adapted and all(n.rsplit(".", 1)[-1] in ("_expand_conv", "_project_conv", "_conv_head") for n in adapted)
     statistics = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
@@ -90,7 +90,7 @@ def test_lora_on_efficientnet_adapts_the_1x1_convolutions_and_keeps_batch_norm_f
     assert all(p.grad is not None and p.grad.isfinite().all() for p in model.parameters() if p.requires_grad)
     assert all(torch.equal(b, statistics[n]) for n, b in model.named_buffers() if "running" in n)
     model.save(tmp_path)  # the updates merged into a plain network
-    reloaded = vision.load_saved_image_classifier(tmp_path)
+    reloaded = vision.load_saved(tmp_path)
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(reloaded(pixels), model.eval()(pixels), atol=1e-4)
@@ -183,7 +183,7 @@ def cli_evaluate_on_test(out: Path, metrics: dict) -> float:
 
     model, cfg = load_run(out)
     splits = load_splits(cfg.data, cfg.train.seed)
-    loader = make_loader(model.encode(splits.test), 32, shuffle=False, seed=0)
+    loader = make_loader(model.task.encode(model, splits.test), 32, shuffle=False, seed=0)
     return evaluate(model, loader, Classification(model.label_names), Accelerator())["accuracy"]
 
 

@@ -127,15 +127,38 @@ CORPORA: dict[str, Asset] = {
 }
 
 
-def resolve_model(name_or_path: str) -> Path:
-    """A built-in model name or a local folder -> the folder to load from."""
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a model named on the command line is: the one resolver every loader and the planner use."""
+
+    path: Path
+    """A model folder, a weights file (image networks), or a .gguf file."""
+    builtin: Asset | None = None
+
+    @property
+    def folder(self) -> Path:
+        return self.path if self.path.is_dir() else self.path.parent
+
+    @property
+    def gguf(self) -> Path | None:
+        """The GGUF file: the path itself, or the first one in a folder without config.json."""
+        if self.path.suffix == ".gguf":
+            return self.path
+        if self.path.is_dir() and not (self.path / "config.json").is_file():
+            found = sorted(self.path.glob("*.gguf"))
+            return found[0] if found else None
+        return None
+
+
+def locate_model(name_or_path: str) -> ModelLocation:
+    """A built-in model name or a local folder / file -> where it is on disk (nothing is read)."""
     if name_or_path in MODELS:
-        return MODELS[name_or_path].path()
+        return ModelLocation(MODELS[name_or_path].path(), MODELS[name_or_path])
     path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
+    if path.exists():
+        return ModelLocation(path)
     known = ", ".join(MODELS)
     raise UserError(
-        f"model '{name_or_path}' is neither a built-in name ({known}) nor a local model folder; "
+        f"model '{name_or_path}' is neither a built-in name ({known}) nor a local model folder or file; "
         "pass a folder that holds config.json and the weights"
     )

@@ -54,7 +54,7 @@ EXAMPLES = {
 
 def cmd_train(args) -> None:
     from .config import load_config
-    from .report.text import BarProgress
+    from .report.text import BarProgress, format_forgetting
     from .runs import train
 
     config_path, overrides = _split_config_args(args.config_and_overrides)
@@ -70,7 +70,7 @@ def cmd_train(args) -> None:
         "train.epochs": args.epochs,
         "train.lr": args.lr,
         "train.seed": args.seed,
-        "task": args.task,
+        "task.name": args.task,
         "icl.shots": args.shots,
     }
     flags = {k: v for k, v in flags.items() if v is not None}  # flag values are literal: never read as YAML
@@ -82,21 +82,11 @@ def cmd_train(args) -> None:
         flags["model.trust_remote_code"] = True
     cfg = load_config(config_path, overrides, flags)
     run = train(cfg, progress=BarProgress())
-    test = run.metrics["test"]
-    where = f"regime {cfg.regime}, {run.metrics['train_seconds']:.0f} s"
-    if "accuracy" in test:
-        print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  ({test['examples']} test examples, {where})")
-    else:
-        match = f"  exact match {test['exact_match']:.4f} ({test['generated_examples']} answers)" if "exact_match" in test else ""
-        print(f"test loss {test['loss']:.4f}  perplexity {test['perplexity']:.2f}{match}  ({where})")
-    forgetting = run.metrics.get("forgetting")
-    if forgetting and "general_perplexity_before" in forgetting:
-        print(f"forgetting: perplexity on {forgetting['corpus']} {forgetting['general_perplexity_before']:.2f} -> "
-              f"{forgetting['general_perplexity_after']:.2f} ({100 * forgetting['general_perplexity_change']:+.1f}%)")
-    elif forgetting:
-        probe = (f", {forgetting['probe_task']} probe accuracy {forgetting['probe_accuracy_before']:.4f} -> {forgetting['probe_accuracy_after']:.4f}"
-                 if forgetting.get("probe_task") else "")  # fmt: skip
-        print(f"forgetting: representation CKA on {forgetting['corpus']} {forgetting['representation_cka']:.4f} (1 = unchanged){probe}")
+    result, detail = run.task.describe(run.metrics["test"])
+    where = ", ".join(filter(None, [detail, f"regime {cfg.regime}, {run.metrics['train_seconds']:.0f} s"]))
+    print(f"{result}  ({where})")
+    if run.metrics.get("forgetting"):
+        print(format_forgetting(run.metrics["forgetting"]))
     print(f"run folder: {run.dir}  (model/, metrics.json, metrics.jsonl, config.yaml)")
     skipped = run.metrics["data"].get("skipped_files") or []
     if skipped:
@@ -126,8 +116,7 @@ def cmd_evaluate(args) -> None:
 
 def cmd_predict(args) -> None:
     from .data.outputs import check_output, write_predictions
-    from .data.tables import read_texts
-    from .inference import generate_text, load_run, predict_proba
+    from .inference import generate_text, load_run, predict_columns
 
     if args.prompt is not None:
         if args.input is not None or args.text is not None:
@@ -141,25 +130,23 @@ def cmd_predict(args) -> None:
             raise UserError("--output writes the rows of --input with their predictions; give --input FILE")
         check_output(Path(args.output), Path(args.input), args.overwrite)
     model, cfg = load_run(args.run)
-    if model.modality == "image":
-        return _predict_images(args, model)
-    text_column = args.text_column or cfg.data.text_column
-    texts = [args.text] if args.text is not None else read_texts(args.input, text_column).inputs
-    probs = predict_proba(model, texts)
-    labels = model.label_names
-    best, index = probs.max(-1)
-    predicted = [(labels[i], p) for i, p in zip(index.tolist(), best.tolist())]
-    if args.text is not None:
-        label, p = predicted[0]
-        print(f"{label}\t{p:.4f}")
-        return
+    inputs = model.read_inputs(args.input, args.text, args.text_column or cfg.data.text_column)
+    new = predict_columns(model, cfg, inputs.examples)
+    note = f" (skipped {len(inputs.skipped)} files that are not images)" if inputs.skipped else ""
     if args.output is None:
-        for text, (label, p) in zip(texts, predicted):
-            print(f"{label}\t{p:.4f}\t{text[:70]!r}")
+        for i, shown in enumerate(inputs.shown):
+            print("\t".join(_cell(column[i]) for column in new.values()) + ("" if args.text is not None else f"\t{shown}"))
+        if note:
+            print(note.strip(" ()"), file=sys.stderr)
         return
-    new = {"predicted_label": [label for label, _ in predicted], "probability": [round(p, 6) for _, p in predicted]}
-    write_predictions(Path(args.output), Path(args.input), new)
-    print(f"wrote {len(predicted)} predictions to {args.output} (the input rows as they were, plus predicted_label and probability)")
+    columns = new if inputs.table is not None else {"path": inputs.shown, **new}
+    write_predictions(Path(args.output), inputs.table, columns)
+    kept = "the input rows as they were, plus " if inputs.table is not None else "columns path, "
+    print(f"wrote {len(inputs.shown)} predictions to {args.output} ({kept}{', '.join(new)}){note}")
+
+
+def _cell(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def cmd_plan(args) -> None:
@@ -201,9 +188,9 @@ def cmd_plan(args) -> None:
     }
     advice = None
     if data is not None:
-        from .methods import METHODS
+        from .methods import REGIMES
 
-        facts = Facts(data, arch.parameters(setup.task, setup.num_labels), arch.kind == "decoder", plans, budget, curve, tuple(METHODS))
+        facts = Facts(data, arch.parameters(setup.task, setup.num_labels), arch.kind == "decoder", plans, budget, curve, tuple(REGIMES))
         advice = advise(facts)
     if args.json:
         out = {
@@ -273,47 +260,10 @@ def _domain_shift(model: str, texts: list[str]):
     return measure_shift(tokenizer, texts) if tokenizer.is_fast else None
 
 
-def _predict_images(args, model) -> None:
-    """Label an image file or every image in a folder: print or write path, label, probability."""
-    from .data.images import check_image, is_image_file, list_images
-    from .inference import predict_proba
-
-    if args.text is not None:
-        raise UserError("this run's model reads images; give --input IMAGE or --input FOLDER instead of --text")
-    path = Path(args.input)
-    if args.output is not None and Path(args.output).suffix.lower() == ".parquet":
-        raise UserError("image predictions are written as .csv, .tsv, .jsonl or .json")
-    if path.is_dir():
-        files, skipped = list_images(path)
-        if not files:
-            raise UserError(f"folder '{path}' holds no image files; give a folder of .png / .jpg images")
-    elif is_image_file(path):
-        check_image(path)
-        files, skipped = [path], []
-    elif path.exists():
-        raise UserError(f"'{path}' is not an image file; give an image or a folder of images")
-    else:
-        raise UserError(f"input '{path}' does not exist; check the path")
-    probs = predict_proba(model, files)
-    best, index = probs.max(-1)
-    rows = [{"path": str(f), "predicted_label": model.label_names[i], "probability": round(p, 6)}
-            for f, i, p in zip(files, index.tolist(), best.tolist())]  # fmt: skip
-    note = f" (skipped {len(skipped)} files that are not images)" if skipped else ""
-    if args.output is None:
-        for row in rows:
-            print(f"{row['predicted_label']}\t{row['probability']:.4f}\t{row['path']}")
-        if note:
-            print(note.strip(" ()"), file=sys.stderr)
-        return
-    from .data.outputs import write_predictions
-
-    write_predictions(Path(args.output), None, {key: [row[key] for row in rows] for key in rows[0]})
-    print(f"wrote {len(rows)} predictions to {args.output} (columns path, predicted_label, probability){note}")
-
-
 def cmd_compare(args) -> int:
-    from .compare import compare, headline_metric, text_table
+    from .compare import compare
     from .config import load_config
+    from .report.columns import headline_metric, text_table
 
     config_path, overrides = _split_config_args(args.config_and_overrides)
     flags = {"model.name": args.model, "data.name": args.data, "data.text_column": args.text_column,
@@ -332,7 +282,7 @@ def cmd_compare(args) -> int:
         if "error" in row:
             print(f"{where}  failed: {row['error']}", flush=True)
         elif "seconds" in row:
-            metric = headline_metric([row])
+            metric = headline_metric([row], row["headlines"])
             quality = f"{metric.replace('_', ' ')} {row[metric]:.4f}"
             print(f"{where}  {quality}  {row['seconds']:.0f} s  peak {row['peak_memory_mb']:.0f} MB", flush=True)
         else:
@@ -340,7 +290,7 @@ def cmd_compare(args) -> int:
 
     result = compare(base, [r.strip() for r in args.regimes.split(",")], sizes, seeds, args.output, on_run, bars=True)
     print()
-    print(text_table(result.summary))
+    print(text_table(result.summary, result.quality))
     print(f"\ntable: {result.dir / 'compare.md'}  data: {result.dir / 'compare.json'}  report: {result.dir / 'report.html'}")
     failed = [row for row in result.rows if "error" in row]
     if failed:

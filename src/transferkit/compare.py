@@ -17,10 +17,12 @@ from pathlib import Path
 
 import yaml
 
-from . import folders
+from . import folders, tasks
 from .config import RunConfig, load_config
 from .errors import UserError
-from .methods import METHODS
+from .methods import REGIMES
+from .models import kind_of, load_model
+from .report.columns import headline_metric, markdown_table
 
 
 @dataclass
@@ -32,6 +34,9 @@ class Comparison:
     """One row per run: regime, train_size, seed, cost and quality figures."""
     summary: list[dict] = field(default_factory=list)
     """One row per (regime, train size): medians over seeds, with the spread of the metric."""
+    quality: list = field(default_factory=list)
+    """The task's metric columns (key, title, format)."""
+    headlines: list[str] = field(default_factory=list)
 
 
 def compare(
@@ -48,14 +53,14 @@ def compare(
     `on_run(i, n, row)` is called before each run (row without results) and after it (with them);
     `bars` draws each run's progress bars (stderr), labelled with the run's place in the comparison.
     """
-    unknown = [r for r in regimes if r not in METHODS]
+    unknown = [r for r in regimes if r not in REGIMES]
     if unknown:
-        raise UserError(f"unknown regime '{unknown[0]}'; choose from: {', '.join(METHODS)}")
+        raise UserError(f"unknown regime '{unknown[0]}'; choose from: {', '.join(REGIMES)}")
     out = Path(output or Path("runs") / f"compare-{Path(base.data.name).stem}")
     folders.check_output(out, base.overwrite, kind="comparison")
     plans = [(r, n, s) for n in train_sizes for r in regimes for s in seeds]
     configs = [_run_config(base, out, regime, size, seed) for regime, size, seed in plans]  # checks every config first
-    _check_inputs(base)  # bad data or a bad model stops here, before any folder is made
+    task = _check_inputs(base)  # bad data or a bad model stops here, before any folder is made
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -79,24 +84,39 @@ def compare(
             on_run(i, len(plans), row)
         if all("error" in row for row in result.rows):
             raise UserError(f"every run failed; the first said: {result.rows[0]['error']}")
-        result.summary = summarise([row for row in result.rows if "error" not in row])
-        folders.write_text(out / "compare.md", markdown_table(result.summary, [r for r in result.rows if "error" in r]))
-        from .report.html import comparison_report
-
-        folders.write_text(out / "report.html", comparison_report(result, base))
+        result.summary = summarise([row for row in result.rows if "error" not in row], task.headlines)
+        result.quality, result.headlines = task.columns, list(task.headlines)
+        folders.write_text(out / "compare.md", markdown_table(result.summary, task.columns, [r for r in result.rows if "error" in r]))
+        folders.write_text(out / "report.html", _report(result, base))
         folders.write_text(out / "compare.json", json.dumps({"rows": result.rows, "summary": result.summary}, indent=2))
     finally:
         lock.release()
     return result
 
 
-def _check_inputs(base: RunConfig) -> None:
-    """Read the data and load the model once, as every run will, so that bad input fails before any run."""
-    from .data.splits import load_generation_splits, load_splits
-    from .models import load_model
+def _check_inputs(base: RunConfig):
+    """Read the data and load the model once, as every run will, so that bad input fails before any run.
+    Returns the task (its metric columns make the table)."""
+    kind = kind_of(base.model)
+    task = tasks.make(kind, base)
+    task.read(base.data, 0)
+    load_model(base, task)
+    return task
 
-    splits = load_generation_splits(base.data, 0) if base.task == "generate" else load_splits(base.data, 0)
-    load_model(base, splits.label_names)
+
+def _report(result: Comparison, base: RunConfig) -> str:
+    """The comparison's HTML report, from the rows and what the runs wrote."""
+    from .report.html import comparison_report, read_log
+
+    finished = [r for r in result.rows if "error" not in r]
+    logs = {r["run"]: read_log(Path(r["run"])) for r in finished}
+    metric = headline_metric(result.summary, result.headlines)
+    largest = max({r["train_size"] for r in finished}, key=lambda s: float("inf") if s == "all" else s)
+    best = max((r for r in finished if r["train_size"] == largest), key=lambda r: r[metric])
+    best_metrics = json.loads((Path(best["run"]) / "metrics.json").read_text())
+    title = f"transferkit comparison: {base.model.name} on {base.data.name}"
+    base_yaml = yaml.safe_dump(base.to_dict(), sort_keys=False, allow_unicode=True)
+    return comparison_report(result, title, base_yaml, result.quality, result.headlines, logs, best_metrics)
 
 
 def _run_config(base: RunConfig, out: Path, regime: str, size: int | None, seed: int) -> RunConfig:
@@ -109,9 +129,10 @@ def _measure(cfg: RunConfig, bar_prefix: str | None = None) -> dict:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         metrics = pool.apply(_train_in_child, (cfg, bar_prefix))
     examples = sum(s["examples"] for s in metrics["stages"])  # as trained (early stopping included); icl: 0
-    row = {key: metrics["test"][key] for key, _, _ in QUALITY if key in metrics["test"]}
+    row = {key: metrics["test"][key] for key, _, _ in metrics["columns"] if key in metrics["test"]}
     row |= _forgetting(metrics.get("forgetting"))
     return row | {
+        "headlines": metrics["headlines"],
         "trained_examples": metrics["data"]["train"],
         "parameters_trained": metrics["parameters"]["trainable"],
         "parameters_trained_percent": metrics["parameters"]["trainable_percent"],
@@ -147,9 +168,9 @@ def _train_in_child(cfg: RunConfig, bar_prefix: str | None) -> dict:
     return metrics
 
 
-def summarise(rows: list[dict]) -> list[dict]:
+def summarise(rows: list[dict], headlines) -> list[dict]:
     """Medians over seeds per (regime, train size); the headline metric's standard deviation as its spread."""
-    headline = headline_metric(rows)
+    headline = headline_metric(rows, list(headlines))
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["regime"], row["train_size"]), []).append(row)
@@ -161,60 +182,3 @@ def summarise(rows: list[dict]) -> list[dict]:
         entry["spread"] = statistics.stdev(r[headline] for r in runs) if len(runs) > 1 else 0.0
         summary.append(entry)
     return summary
-
-
-# The test metrics a comparison keeps (classification, then generation), as columns where every
-# row has them. The headline is the first of HEADLINES every row has: its spread over seeds is
-# shown, the plots draw it and the report's best run is chosen by it (all higher-is-better).
-QUALITY = [
-    ("accuracy", "accuracy", "{:.4f}"),
-    ("macro_f1", "macro-F1", "{:.4f}"),
-    ("exact_match", "exact match", "{:.4f}"),
-    ("token_accuracy", "token accuracy", "{:.4f}"),
-    ("perplexity", "perplexity", "{:.2f}"),
-]
-HEADLINES = ["accuracy", "exact_match", "token_accuracy"]
-
-COST = [
-    ("regime", "regime", "{}"),
-    ("train_size", "train size", "{}"),
-    ("parameters_trained", "params trained", "{:,.0f}"),
-    ("parameters_trained_percent", "% trained", "{:.2f}"),
-    ("peak_memory_mb", "peak MB", "{:,.0f}"),
-    ("seconds", "time s", "{:.1f}"),
-    ("examples_per_second", "examples/s", "{:.1f}"),
-]
-FORGETTING = [
-    ("forgetting_perplexity_change", "general ppl change", "{:+.1%}"),
-    ("forgetting_cka", "CKA after", "{:.3f}"),
-    ("forgetting_probe_change", "probe change", "{:+.4f}"),
-]
-
-
-def headline_metric(rows: list[dict]) -> str:
-    """The quality metric every row has that leads the table: accuracy, else exact match, else token accuracy."""
-    return next(key for key in HEADLINES if all(key in r for r in rows))
-
-
-def columns(rows: list[dict]) -> list[tuple[str, str, str]]:
-    """(key, title, format) of the table's columns: cost, the task's metrics, forgetting where measured."""
-    quality = [c for c in QUALITY if all(c[0] in r for r in rows)]
-    quality.insert(1, ("spread", "± (seeds)", "{:.4f}"))
-    forgetting = [c for c in FORGETTING if all(c[0] in r for r in rows)]
-    return COST + quality + forgetting + [("artefact_mb", "artefact MB", "{:.1f}")]
-
-
-def markdown_table(summary: list[dict], failed: list[dict] = ()) -> str:
-    cols = columns(summary)
-    lines = ["| " + " | ".join(title for _, title, _ in cols) + " |", "|" + "---|" * len(cols)]
-    for row in summary:
-        lines.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in cols) + " |")
-    lines += [f"\nfailed: {row['regime']} (train size {row['train_size']}, seed {row['seed']}): {row['error']}" for row in failed]
-    return "\n".join(lines) + "\n"
-
-
-def text_table(summary: list[dict]) -> str:
-    cols = columns(summary)
-    cells = [[title for _, title, _ in cols]] + [[fmt.format(row[key]) for key, _, fmt in cols] for row in summary]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells)

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .methods import METHODS, freeze, icl, lora, prompt, scratch, staged
+from .methods import REGIMES, freeze, icl, lora, prompt, scratch, staged
 
 
 DEFAULT_MAX_LENGTH = 128  # tokens, where model.max_length is empty (or the model's context, if shorter)
@@ -108,9 +108,10 @@ class TrainConfig:
     """Validate every N optimizer steps. Empty: once per epoch."""
     patience: int | None = 3
     """Stop after this many validations without improvement (empty: never stop early)."""
-    metric: str = "accuracy"
+    metric: str | None = None
     """Validation metric that picks the best checkpoint: accuracy, macro_f1, loss, or loss+general (the
-    validation loss plus the loss on held-out general text, forgetting.corpus). Causal LMs validate by loss."""
+    validation loss plus the loss on held-out general text, forgetting.corpus); each task says which it
+    measures. Empty: the task's own (classification: accuracy; causal LMs, regression: loss)."""
     precision: str = "auto"
     """auto (bf16 autocast where the hardware has fast bf16, else fp32), bf16 or fp32."""
     seed: int = 0
@@ -135,8 +136,6 @@ class TrainConfig:
             )
         if self.schedule not in ("linear", "cosine", "constant"):
             raise UserError(f"train.schedule must be linear, cosine or constant (got '{self.schedule}')")
-        if self.metric not in ("accuracy", "macro_f1", "loss", "loss+general"):
-            raise UserError(f"train.metric must be accuracy, macro_f1, loss or loss+general (got '{self.metric}')")
         if self.l2sp < 0:
             raise UserError(f"train.l2sp must not be negative (got {self.l2sp}); try 0.01")
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -198,12 +197,31 @@ class ReplayConfig:
 
 
 @dataclass
+class TaskConfig:
+    name: str = "classify"
+    """What the model learns: classify (one label per input), regress (numeric targets), multilabel (any
+    number of labels per input), or generate (a causal LM learns responses or plain text). `task: NAME`
+    in a YAML file and `--task NAME` set this."""
+    loss: str = "mse"
+    """Regression loss: mse, or huber (less pulled by outlying targets)."""
+    label_separator: str = "|"
+    """Multi-label: the character between the labels of one row in the label column."""
+
+    _shorthand = "name"  # `task: regress` means `task: {name: regress}`
+
+    def __post_init__(self):
+        if self.loss not in ("mse", "huber"):
+            raise UserError(f"task.loss must be mse or huber (got '{self.loss}')")
+        if len(self.label_separator) != 1:
+            raise UserError(f"task.label_separator must be one character (got '{self.label_separator}')")
+
+
+@dataclass
 class RunConfig:
     regime: str = "full"
     """How to adapt the model: full, freeze, lora, prompt, staged, scratch (random weights, the control) or
     icl (in-context learning with a causal LM: no training)."""
-    task: str = "classify"
-    """classify (labelled texts or images) or generate (a causal LM learns responses or plain text)."""
+    task: TaskConfig = field(default_factory=TaskConfig)
     output: str | None = None
     """Run folder. Empty: runs/<dataset>-<regime>."""
     overwrite: bool = False
@@ -222,10 +240,8 @@ class RunConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
     def __post_init__(self):
-        if self.regime not in METHODS:
-            raise UserError(f"unknown regime '{self.regime}'; choose one of: {', '.join(METHODS)}")
-        if self.task not in ("classify", "generate"):
-            raise UserError(f"unknown task '{self.task}'; choose classify or generate")
+        if self.regime not in REGIMES:
+            raise UserError(f"unknown regime '{self.regime}'; choose one of: {', '.join(REGIMES)}")
         if self.train.metric == "loss+general" and not self.forgetting.corpus:
             raise UserError("train.metric=loss+general needs general text: set forgetting.corpus (e.g. bbc-news-text)")
         if self.replay.ratio > 0 and not (self.replay.corpus or self.forgetting.corpus):
@@ -296,6 +312,8 @@ def from_dict(cls, raw: dict, prefix: str = ""):
         if not isinstance(key, str) or key not in names:
             raise UserError(f"unknown config key '{prefix}{key}'; known keys here: {', '.join(sorted(names))}")
         hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, str) and getattr(hint, "_shorthand", None):
+            value = {hint._shorthand: str(value)}
         if dataclasses.is_dataclass(hint):
             kwargs[key] = from_dict(hint, {} if value is None else value, f"{prefix}{key}.")
         else:

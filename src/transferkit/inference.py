@@ -1,20 +1,22 @@
-"""Use a finished run: predict labels for new texts, evaluate on new labelled data."""
+"""Use a finished run: predict for new inputs, evaluate on new labelled data, answer a prompt.
+
+Everything task-specific is the saved task's (tasks/): how it reads a file, encodes, tests, predicts.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
 from .config import RunConfig, load_config
-from .data.batching import make_loader
-from .data.splits import read_labelled
 from .data.examples import Examples
 from .errors import UserError
 from .models import load_saved_model
-from .tasks import Classification
-from .training.loop import evaluate
+from .tasks import Context
+from .training.loop import Progress
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
@@ -25,7 +27,7 @@ def check_run_dir(run_dir: str | Path) -> Path:
 
 
 def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
-    """The trained model of a run folder (fp32, eval mode) and the config it was trained with."""
+    """The trained model of a run folder (fp32, eval mode; `model.task` its task) and its config."""
     from .data.tables import warn
 
     run_dir = check_run_dir(run_dir)
@@ -40,14 +42,10 @@ def load_run(run_dir: str | Path) -> tuple[torch.nn.Module, RunConfig]:
     except Exception as e:  # truncated weights, a missing tokenizer, a damaged config: all one message
         text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"the model in '{run_dir / 'model'}' cannot be loaded ({text}); the run folder is damaged: train it again") from None
-    # A causal LM's label scores are calibrated as they were in testing.
-    model.content_free = cfg.icl.content_free if cfg.icl.calibrate else None
     return model, cfg
 
 
 def _failure(path: Path) -> str:
-    import json
-
     try:
         return json.loads(path.read_text()).get("error", "it failed")
     except (ValueError, OSError, AttributeError):
@@ -56,74 +54,45 @@ def _failure(path: Path) -> str:
 
 def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int | None = None) -> str:
     """The greedy answer of a finished generation run's model to `prompt` (through its chat template)."""
-    from .eval.generation import generate
-
     model, cfg = load_run(run_dir)
-    if getattr(model, "task", None) != "generate":
-        raise UserError(f"'{run_dir}' holds a classifier; --prompt is for generation runs, use --text to label a text")
-    ids = model.prompt_tokens(model.chat_prompt(model.demo_turns() + [{"role": "user", "content": prompt}]))
-    return generate(model, [ids], max_new_tokens or cfg.lm.max_new_tokens)[0]
+    if not hasattr(model.task, "answer"):
+        raise UserError(f"'{run_dir}' holds a {model.task.name} model; --prompt is for generation runs, use --text or --input")
+    return model.task.answer(model, [prompt], max_new_tokens or cfg.lm.max_new_tokens)[0]
 
 
-class _Indexed(torch.utils.data.Dataset):
-    """Items with their position, so that predictions come back in input order whatever the batching."""
+def predict_proba(model, inputs: list) -> torch.Tensor:
+    """Class probabilities (N, num_labels) in input order, in fp32 (as any plain load would compute them).
 
-    def __init__(self, items):
-        self.items = items
-        self.lengths = getattr(items, "lengths", None) or [len(item.get("input_ids", ())) or 1 for item in items]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        return {**self.items[i], "index": i}
-
-
-@torch.no_grad()
-def predict_proba(model, inputs: list, batch_size: int = 32) -> torch.Tensor:
-    """Class probabilities (N, num_labels) in input order, computed in fp32 (as any plain load would).
-
-    `inputs` are texts for a text model; image files or uint8 arrays for an image model.
+    `model` comes from `load_saved_model` / `load_run`; `inputs` are texts for a text model, image
+    files or uint8 arrays for an image model.
     """
-    if getattr(model, "task", None) == "classify":  # a causal LM: score each label's verbaliser
-        from .eval.causal import label_probabilities
-
-        return label_probabilities(model, inputs, model.content_free)
-    items = _Indexed(model.encode(Examples(inputs, None)))
-    probs = torch.empty(len(inputs), len(model.label_names))
-    model.eval()
-    for batch in make_loader(items, batch_size, shuffle=False, seed=0, pad_id=model.pad_id):
-        index = batch.pop("index")
-        probs[index] = model(**batch).float().softmax(-1)
-    return probs
+    return model.task.probabilities(model, Examples(list(inputs), None))
 
 
 def predict(run_dir: str | Path, inputs: list) -> list[tuple[str, float]]:
-    """(label, probability) for each input, with the model of a finished run."""
+    """(label, probability) for each input, with the model of a finished classification run."""
     model, _ = load_run(run_dir)
     best, index = predict_proba(model, inputs).max(-1)
-    return [(model.label_names[i], p) for i, p in zip(index.tolist(), best.tolist())]
+    return [(model.task.label_names[i], p) for i, p in zip(index.tolist(), best.tolist())]
+
+
+def predict_columns(model, cfg: RunConfig, examples: Examples) -> dict[str, list]:
+    """The columns `transferkit predict` adds for `examples`, as the run's task defines them."""
+    return model.task.predict(model, examples, Context(cfg, Accelerator(), "fp32", Progress()))
 
 
 def evaluate_file(run_dir: str | Path, path: str, text_column: str | None = None, label_column: str | None = None) -> dict:
-    """Test metrics of a finished run on a labelled CSV / JSONL file or image folder."""
+    """Test metrics of a finished run on a labelled file (or image folder), as its task measures them."""
+    from dataclasses import replace
+
     model, cfg = load_run(run_dir)
-    accelerator = Accelerator()
-    if getattr(model, "task", None) is not None:  # a causal LM
-        from .data.generation import read_generation
-        from .eval.causal import test_causal
-
-        examples = (read_generation(path, text_column or cfg.data.text_column) if model.task == "generate"
-                    else read_labelled(path, text_column or cfg.data.text_column, label_column or cfg.data.label_column))  # fmt: skip
-        _check_labels(examples, model.label_names, path)
-        return test_causal(model.to(accelerator.device), examples, cfg, accelerator)[0]
-    examples = read_labelled(path, text_column or cfg.data.text_column, label_column or cfg.data.label_column)
-    _check_labels(examples, model.label_names, path)
-    loader = make_loader(model.encode(examples), 32, shuffle=False, seed=0, pad_id=model.pad_id)
-    return evaluate(model.to(accelerator.device), loader, Classification(model.label_names), accelerator, "fp32")
-
-
-def _check_labels(examples: Examples, labels: list[str], path: str) -> None:
-    unknown = sorted(set(examples.labels or []) - set(labels))
+    data = replace(cfg.data, text_column=text_column or cfg.data.text_column, label_column=label_column or cfg.data.label_column)
+    task = model.task
+    examples = task.read_file(path, data)
+    unknown = sorted(set(examples.labels or []) - set(task.label_names)) if task.label_names else []
     if unknown:
-        raise UserError(f"label '{unknown[0]}' in '{path}' was never seen in training (the model knows: {', '.join(labels)})")
+        raise UserError(f"label '{unknown[0]}' in '{path}' was never seen in training (the model knows: {', '.join(task.label_names)})")
+    accelerator = Accelerator()
+    model.to(accelerator.device)
+    items = task.encode(model, examples)
+    return task.test(model, examples, items, Context(cfg, accelerator, "fp32", Progress()))[0]

@@ -12,7 +12,7 @@ import torch
 
 from ..data.corpus import general_parts
 from ..data.batching import make_loader
-from ..tasks import LanguageModeling
+from ..tasks.generate import LanguageModeling
 from ..training.loop import evaluate
 
 CKA_PASSAGES = 200
@@ -151,3 +151,38 @@ def probe_splits(cfg, seed: int = 0):
     pool = pool.subset(stratified_subset(pool.labels, cfg.forgetting.probe_size, seed, "forgetting.probe_size"))
     parts = stratified_split(pool.labels, {"test": 1 / 3}, seed)
     return pool.subset(parts["train"]), pool.subset(parts["test"]), name
+
+
+# Model kind -> how its forgetting is measured: perplexity for a causal LM, representations for an encoder.
+FORGETTING = {"causal": lambda model, cfg, accelerator, precision: CausalForgetting(model, cfg, accelerator, precision),
+              "encoder": lambda model, cfg, accelerator, precision: EncoderForgetting(model, cfg, accelerator, probe_splits(cfg))}  # fmt: skip
+
+
+def start_forgetting(cfg, model, accelerator, precision: str, progress):
+    """Measure general ability before any stage changes the model; None without forgetting.corpus."""
+    if not cfg.forgetting.corpus:
+        return None
+    progress.note(f"measuring general ability on {cfg.forgetting.corpus} before training")
+    return FORGETTING[model.kind](model, cfg, accelerator, precision)
+
+
+def replay_items(cfg, model, n_task: int) -> list[dict]:
+    """General-text blocks to mix into training (language-model loss): `replay.ratio` of the mixed training set."""
+    from ..data.corpus import read_passages
+    from ..errors import UserError
+
+    corpus = cfg.replay.corpus or cfg.forgetting.corpus
+    # Replaying the forgetting corpus uses its other half: forgetting is never measured on replayed text.
+    replay = general_parts(corpus)[1] if corpus == cfg.forgetting.corpus else read_passages(corpus)
+    wanted = max(1, round(cfg.replay.ratio / (1 - cfg.replay.ratio) * n_task))
+    blocks = text_blocks(model, replay, wanted * model.max_length)
+    if not blocks:
+        raise UserError(f"replay corpus '{corpus}' holds no text to replay; give a larger corpus")
+    return [blocks[i % len(blocks)] for i in range(wanted)]
+
+
+def general_validation(cfg, model, accelerator, precision: str):
+    """For metric loss+general: the loss on a small held-out slice of general text, at each validation."""
+    held_out, _ = general_parts(cfg.forgetting.corpus)
+    items = text_blocks(model, held_out[::-1], min(cfg.forgetting.tokens, 16 * model.max_length))
+    return lambda _: {"general_loss": language_model_metrics(model, items, accelerator, precision)["loss"]}

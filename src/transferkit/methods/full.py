@@ -6,11 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from . import Stage
-
-LR = 1e-4
-EPOCHS = 3
-BATCH_SIZE = 16
+from .base import Regime, Stage
 
 
 @dataclass
@@ -22,6 +18,12 @@ def apply(model: nn.Module) -> None:
     model.requires_grad_(True)
 
 
-def stages(cfg) -> list[Stage]:
+def build(cfg) -> list[Stage]:
     t = cfg.train
-    return [Stage("full", apply, t.lr or LR, t.epochs or EPOCHS, batch_size=t.batch_size or BATCH_SIZE, max_steps=t.max_steps)]
+    return [Stage("full", apply, t.lr, t.epochs, batch_size=t.batch_size, max_steps=t.max_steps)]
+
+
+REGIME = Regime(
+    "full", "every weight", build, kinds=("encoder", "causal", "image"), heads=("sequence", "lm", "token", "span"),
+    requirement="trains every weight", lr=1e-4, epochs=3, batch_size=16,
+)  # fmt: skip

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import UserError
-from . import Stage
+from .base import Regime, Stage
 
 
 @dataclass
@@ -36,8 +36,15 @@ class Config:
         return None if self.shots == "max" else int(self.shots)
 
 
-def stages(cfg) -> list[Stage]:
+def build(cfg) -> list[Stage]:
     return []  # nothing trains
+
+
+def prepare(model, task, splits, cfg) -> None:
+    """Nothing trains: the task puts demonstrations from the training split into the model's prompt."""
+    model.trained = False
+    model.requires_grad_(False)
+    task.choose_demonstrations(model, splits, cfg)
 
 
 def choose_demonstrations(labels: list, k: int | None, seed: int, fits: Callable[[list[int]], bool]) -> list[int]:
@@ -62,3 +69,9 @@ def choose_demonstrations(labels: list, k: int | None, seed: int, fits: Callable
             chosen.append(index)
     rng.shuffle(chosen)
     return chosen
+
+
+REGIME = Regime(
+    "icl", "nothing: k demonstrations in a causal LM's prompt (the free baseline)", build, kinds=("causal",), heads=("lm",),
+    requirement="prompts a causal language model (try --model smollm2-135m)", prepare=prepare,
+)  # fmt: skip

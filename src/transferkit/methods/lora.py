@@ -12,14 +12,7 @@ from functools import partial
 from peft import LoraConfig
 
 from ..errors import UserError
-from . import Stage, wrap_with_peft
-
-# LoRA updates start at zero and are low-rank: they need a higher rate and more epochs than
-# full fine-tuning to move as far.
-LR = 1e-3
-EPOCHS = 3
-BATCH_SIZE = 16
-
+from .base import Regime, Stage, wrap_with_peft
 
 @dataclass
 class Config:
@@ -40,8 +33,9 @@ class Config:
             raise UserError(f"lora.dropout must be in [0, 1) (got {self.dropout})")
 
 
-def check_targets(cfg: Config, model) -> None:
+def check_targets(run_cfg, model) -> None:
     """Refuse lora.targets that name no module of the model, before any work (peft says so only when applied)."""
+    cfg = run_cfg.lora
     if not cfg.targets:
         return
     names = [name for name, _ in model.named_modules()]
@@ -62,8 +56,14 @@ def peft_config(cfg: Config, model) -> LoraConfig:
     )
 
 
-def stages(cfg) -> list[Stage]:
+def build(cfg) -> list[Stage]:
     t = cfg.train
-    return [
-        Stage("lora", wrap_with_peft(partial(peft_config, cfg.lora)), t.lr or LR, t.epochs or EPOCHS, batch_size=t.batch_size or BATCH_SIZE, max_steps=t.max_steps)
-    ]
+    return [Stage("lora", wrap_with_peft(partial(peft_config, cfg.lora)), t.lr, t.epochs, batch_size=t.batch_size, max_steps=t.max_steps)]
+
+
+# LoRA updates start at zero and are low-rank: they need a higher rate than full fine-tuning to move as far.
+REGIME = Regime(
+    "lora", "low-rank adapters on every linear layer (via peft) + the head", build, kinds=("encoder", "causal", "image"),
+    heads=("sequence", "lm", "token", "span"), requirement="adds low-rank adapters", lr=1e-3, epochs=3, batch_size=16,
+    check_model=check_targets,
+)  # fmt: skip

@@ -13,12 +13,7 @@ from functools import partial
 from peft import PromptTuningConfig
 
 from ..errors import UserError
-from . import Stage, wrap_with_peft
-
-LR = 3e-3
-EPOCHS = 10
-BATCH_SIZE = 16
-
+from .base import Regime, Stage, wrap_with_peft
 
 @dataclass
 class Config:
@@ -31,8 +26,6 @@ class Config:
 
 
 def peft_config(cfg: Config, model) -> PromptTuningConfig:
-    if model.modality != "text":
-        raise UserError(f"regime prompt prepends soft tokens to a text model; for {model.modality}s use freeze, staged, lora, full or scratch")
     return PromptTuningConfig(
         task_type=model.peft_task_type,
         num_virtual_tokens=cfg.num_virtual_tokens,
@@ -40,8 +33,12 @@ def peft_config(cfg: Config, model) -> PromptTuningConfig:
     )
 
 
-def stages(cfg) -> list[Stage]:
+def build(cfg) -> list[Stage]:
     t = cfg.train
-    return [
-        Stage("prompt", wrap_with_peft(partial(peft_config, cfg.prompt)), t.lr or LR, t.epochs or EPOCHS, batch_size=t.batch_size or BATCH_SIZE, max_steps=t.max_steps)
-    ]
+    return [Stage("prompt", wrap_with_peft(partial(peft_config, cfg.prompt)), t.lr, t.epochs, batch_size=t.batch_size, max_steps=t.max_steps)]
+
+
+REGIME = Regime(
+    "prompt", "soft-prompt vectors (via peft) + the head; the backbone frozen", build, kinds=("encoder", "causal"),
+    heads=("sequence", "lm", "token"), requirement="prepends soft tokens to a text model", lr=3e-3, epochs=10, batch_size=16,
+)  # fmt: skip

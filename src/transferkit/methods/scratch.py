@@ -8,14 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import Stage
-
-# Random weights have further to go than pre-trained ones: a higher rate and more epochs than
-# fine-tuning (but a transformer trained from random weights diverges at much above 5e-4).
-LR = 5e-4
-EPOCHS = 10
-BATCH_SIZE = 32
-
+from .base import Regime, Stage
 
 @dataclass
 class Config:
@@ -27,6 +20,15 @@ def apply(model) -> None:
     model.requires_grad_(True)
 
 
-def stages(cfg) -> list[Stage]:
+def build(cfg) -> list[Stage]:
     t = cfg.train
-    return [Stage("scratch", apply, t.lr or LR, t.epochs or EPOCHS, batch_size=t.batch_size or BATCH_SIZE, max_steps=t.max_steps)]
+    return [Stage("scratch", apply, t.lr, t.epochs, batch_size=t.batch_size, max_steps=t.max_steps)]
+
+
+# Random weights have further to go than pre-trained ones: a higher rate and more epochs than
+# fine-tuning (but a transformer trained from random weights diverges at much above 5e-4).
+REGIME = Regime(
+    "scratch", "every weight, from random initialisation (the control)", build, kinds=("encoder", "causal", "image"),
+    heads=("sequence", "lm", "token", "span"), requirement="trains the architecture from random weights", lr=5e-4, epochs=10,
+    batch_size=32, control=True,
+)  # fmt: skip

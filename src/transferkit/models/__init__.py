@@ -1,9 +1,11 @@
-"""Task models: a pre-trained backbone with a task head, and one face for every modality.
+"""Model kinds, one module each, behind one face (models/base.py):
 
-A task model offers forward, forward_features / forward_head (backbone / head split),
-head / head_parameters, encode (examples -> loader items), add_adapter (peft),
-reinitialize and save; `TextClassifier` in text.py is the reference, `CausalLM` in causal.py
-the decoder-only one (its pre-trained LM head answers, by verbaliser or by generation).
+    encoder  text.py    a Hugging Face sequence model with a backbone/head split
+    causal   causal.py  a causal LM whose own head answers (by verbaliser, or by generating)
+    image    vision.py  a CNN with a backbone/head split (timm's forward_features / forward_head)
+
+`kind_of` decides the kind from the model's name or files alone; `load_model` builds it with the
+head its task asks for; `load_saved_model` reads back what `transferkit train` saved.
 """
 
 from __future__ import annotations
@@ -13,36 +15,36 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import UserError
+from .. import assets
+from . import causal, text, vision
+
+KINDS = {"encoder": text, "causal": causal, "image": vision}  # kind -> module with load(cfg, head, note), load_saved(folder)
+SAVED_MARKERS = [(vision.CONFIG_FILE, "image"), (causal.LM_FILE, "causal")]  # a saved folder's own file -> its kind
 
 
-def load_model(cfg, label_names: list[str], on_convert: Callable[[str], None] = lambda message: None) -> nn.Module:
-    """The pre-trained model that `cfg` (a RunConfig) names, ready for its task and `label_names`."""
-    from . import vision
-    from .causal import is_causal_lm, label_prompt, load_causal_lm
+def kind_of(model_cfg) -> str:
+    """ "image", "causal" or "encoder", from the model's name, folder or file (no weights are read)."""
+    location = assets.locate_model(model_cfg.name)
+    if vision.is_image_model(location, model_cfg.architecture):
+        return "image"
+    if causal.is_causal_lm(location):
+        return "causal"
+    return "encoder"
 
-    m = cfg.model
-    if vision.is_image_model(m):
-        return vision.load_image_classifier(m.name, label_names, m.image_size, m.architecture)
-    if is_causal_lm(m.name):
-        prompt = label_prompt(label_names, cfg.lm.verbalisers, cfg.lm.instruction) if cfg.task == "classify" else None
-        return load_causal_lm(m.name, cfg.task, prompt, m.max_length, m.trust_remote_code, on_convert, m.attention_dropout)
-    if cfg.task == "generate":
-        raise UserError(f"task generate needs a causal language model; '{m.name}' is an encoder (try --model smollm2-135m)")
-    from .text import load_text_classifier
 
-    return load_text_classifier(m.name, label_names, m.trust_remote_code, m.max_length, m.attention_dropout)
+def load_model(cfg, task, on_convert: Callable[[str], None] = lambda message: None) -> nn.Module:
+    """The pre-trained model that `cfg` (a RunConfig) names, with the head `task` asks for."""
+    return KINDS[kind_of(cfg.model)].load(cfg, task.head_config(), on_convert)
+
+
+def saved_kind(folder: Path) -> str:
+    return next((kind for marker, kind in SAVED_MARKERS if (folder / marker).is_file()), "encoder")
 
 
 def load_saved_model(folder: Path) -> nn.Module:
-    """A model that `transferkit train` saved, in eval mode."""
-    from . import vision
-    from .causal import LM_FILE, load_saved_causal_lm
+    """A model that `transferkit train` saved, in eval mode; `model.task` is its task (task.json)."""
+    from .. import tasks
 
-    if (folder / vision.CONFIG_FILE).is_file():
-        return vision.load_saved_image_classifier(folder)
-    if (folder / LM_FILE).is_file():
-        return load_saved_causal_lm(folder)
-    from .text import load_saved_classifier
-
-    return load_saved_classifier(folder)
+    model = KINDS[saved_kind(folder)].load_saved(folder)
+    model.task = tasks.saved(folder, model)
+    return model

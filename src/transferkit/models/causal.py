@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .. import assets, folders
 from ..errors import UserError
-from .text import Head, attention_dropout, choose_max_length, load_pretrained, load_tokenizer, quiet_transformers, read_model_config
+from .base import Head
+from .text import attention_dropout, choose_max_length, load_pretrained, load_tokenizer, quiet_transformers, read_model_config
 
 LM_FILE = "lm.json"  # beside the weights: task, labels, verbalisers, prompt, demonstrations
 
@@ -30,14 +31,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TRANSFERKIT_CACHE", Path.home() / ".cache" / "transferkit"))
 
 
-def is_causal_lm(name_or_path: str) -> bool:
+def is_causal_lm(location) -> bool:
     """True for a GGUF file / folder or a model folder whose config names a causal-LM architecture."""
-    if name_or_path in assets.MODELS:
-        return assets.MODELS[name_or_path].causal
-    path = Path(name_or_path).expanduser()
-    if path.suffix == ".gguf" or (path.is_dir() and not (path / "config.json").is_file() and any(path.glob("*.gguf"))):
+    if location.builtin is not None:
+        return location.builtin.causal
+    if location.gguf is not None:
         return True
-    config = path / "config.json"
+    config = location.path / "config.json"
     if not config.is_file():
         return False
     try:
@@ -52,13 +52,12 @@ def is_causal_lm(name_or_path: str) -> bool:
 
 def model_folder(name_or_path: str, on_convert: Callable[[str], None] = lambda message: None) -> Path:
     """A folder `from_pretrained` reads: the model folder itself, or the cached conversion of a GGUF."""
-    path = assets.MODELS[name_or_path].path() if name_or_path in assets.MODELS else Path(name_or_path).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
-        return path
-    if path.is_dir():
-        path = sorted(path.glob("*.gguf"))[0]
-    if not path.is_file():
-        raise UserError(f"model '{name_or_path}' is neither a built-in name nor a local model folder or .gguf file; check the path")
+    location = assets.locate_model(name_or_path)
+    path = location.gguf
+    if path is None:
+        if not (location.path / "config.json").is_file():
+            raise UserError(f"model '{name_or_path}' is neither a model folder with config.json nor a .gguf file; check the path")
+        return location.path
     target = cache_dir() / "models" / f"{path.stem}-{path.stat().st_size}"
     if not (target / "config.json").is_file():
         check_gguf(path)
@@ -149,21 +148,27 @@ def label_prompt(labels: list[str], verbalisers: list[str] | None, instruction: 
 
 
 class CausalLM(nn.Module):
-    """A causal LM with the face of every task model (see models/__init__.py).
+    """A causal LM with the face of every model kind (models/base.py); its own LM head answers.
 
-    task "generate": items carry the prompt and response tokens, the loss covers the response
-    (or every token of plain text). task "classify": the response is the label's verbaliser, and
-    a label is predicted by scoring each verbaliser (eval/scoring.py).
+    The tasks encode their data with it (tasks/generate.py: chats and plain text; tasks/verbalise.py:
+    the prompt and each label's verbaliser); `mode` and `prompt` say how it is asked, and are saved
+    with it in lm.json.
     """
 
+    kind = "causal"
     peft_task_type = TaskType.CAUSAL_LM
     modality = "text"
     lora_targets = "all-linear"  # peft leaves the output layer out of all-linear
     head = Head((), None)  # no new head: the pre-trained LM head answers
+    can_split = False  # nothing to train on cached features: the LM head reads every position
 
-    def __init__(self, hf: nn.Module, tokenizer, max_length: int, task: str, prompt: LabelPrompt | None, base: str):
+    def why_no_split(self) -> str:
+        return "a causal LM has no separate head to train on cached features; use --regime full, lora, prompt or icl"
+
+    def __init__(self, hf: nn.Module, tokenizer, max_length: int, mode: str, prompt: LabelPrompt | None, base: str):
         super().__init__()
-        self.hf, self.tokenizer, self.max_length, self.task, self.prompt, self.base = hf, tokenizer, max_length, task, prompt, base
+        # mode: "classify" (asked for a label's verbaliser) or "generate"; lm.json keeps it as "task".
+        self.hf, self.tokenizer, self.max_length, self.mode, self.prompt, self.base = hf, tokenizer, max_length, mode, prompt, base
         self.demos: list[tuple[str, int]] = []  # in-context demonstrations (regime icl): (text, label index)
         self.chat_demos: list[list[dict]] = []  # the same for generation: earlier chats, turn by turn
         self.trained = True  # the icl regime sets False: its folder keeps only the prompt
@@ -180,33 +185,21 @@ class CausalLM(nn.Module):
     def context_length(self) -> int:
         return getattr(self.hf.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
 
+    def read_inputs(self, path: str | None, text: str | None, column: str):
+        """What `predict` reads for this model (data/inputs.py)."""
+        from ..data.inputs import text_inputs
+
+        return text_inputs(path, text, column)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         logits = self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
         return logits[:, -input_ids.shape[1] :]  # (B, T, V); prompt tuning prepends its virtual tokens
-
-    def head_parameters(self):
-        raise UserError("a causal LM has no separate head to train on cached features; use --regime full, lora, prompt or icl")
 
     # --- examples -> token ids ------------------------------------------------------------------
 
     def prefix_ids(self) -> list[int]:
         """What comes before every classification query: the instruction and any demonstrations."""
         return self.prompt.prefix_ids(self.tokenizer, self.demos, self.max_length)
-
-    def encode(self, examples, train: bool = False, note=lambda message: None) -> list[dict]:
-        """Loader items: input_ids and, where there is something to learn, per-token labels (-100: not learned)."""
-        if self.task == "classify":
-            prefix, answers = self.prefix_ids(), self.prompt.answer_ids(self.tokenizer)
-            queries = [prefix + self.prompt.query_ids(self.tokenizer, text, self.max_length) for text in examples.inputs]
-            if examples.labels is None:
-                return [{"input_ids": q} for q in queries]
-            index = {name: i for i, name in enumerate(self.label_names)}
-            answer = [answers[index[y]] for y in examples.labels]
-            return [{"input_ids": q + a, "labels": [-100] * len(q) + a} for q, a in zip(queries, answer)]
-        items = []
-        for example in examples.inputs:
-            items += self.encode_text(example["text"]) if "text" in example else [self.encode_chat(example["messages"])]
-        return items
 
     def encode_text(self, text: str) -> list[dict]:
         """Plain text: every token is learned; long texts become several blocks of max_length."""
@@ -279,7 +272,7 @@ class CausalLM(nn.Module):
             self.hf.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
         spec = {
-            "task": self.task,
+            "task": self.mode,
             "base_model": self.base,
             "max_length": self.max_length,
             "labels": self.label_names,
@@ -298,6 +291,12 @@ def _describe(messages: list[dict]) -> str:
     return repr(text[:40] + ("..." if len(text) > 40 else ""))
 
 
+def load(cfg, head: dict, note=lambda message: None) -> CausalLM:
+    """The causal LM `cfg` (a RunConfig) names, asked as `head` (a task's head_config) says."""
+    m = cfg.model
+    return load_causal_lm(m.name, head["task"], head["prompt"], m.max_length, m.trust_remote_code, note, m.attention_dropout)
+
+
 def load_causal_lm(name_or_path: str, task: str, prompt: LabelPrompt | None, max_length: int | None, trust_remote_code: bool = False,
                    on_convert: Callable[[str], None] = lambda message: None, attention_dropout_p: float | None = None) -> CausalLM:  # fmt: skip
     """A pre-trained causal LM (built-in name, folder or GGUF file), ready for `task`."""
@@ -312,7 +311,7 @@ def load_causal_lm(name_or_path: str, task: str, prompt: LabelPrompt | None, max
     return CausalLM(hf, tokenizer, max_length, task, prompt, str(folder.resolve()))
 
 
-def load_saved_causal_lm(folder: Path) -> CausalLM:
+def load_saved(folder: Path) -> CausalLM:
     """A model saved by `transferkit train` (full folder, PEFT adapter, or an icl prompt), fp32, eval mode."""
     quiet_transformers()
     spec = json.loads((folder / LM_FILE).read_text())

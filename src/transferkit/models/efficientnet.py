@@ -1,7 +1,7 @@
 """EfficientNet-Lite (Tan and Le 2019; the Lite variants: ReLU6, no squeeze-excitation) with timm's face.
 
-A thin subclass of the `efficientnet_lite_pytorch` model: it adds `forward_features`,
-`forward_head` and `reset_classifier` and keeps the upstream parameter names, so the packaged
+A thin subclass of the `efficientnet_lite_pytorch` model: it adds `forward_features` and
+`forward_head` and keeps the upstream parameter names, so the packaged
 ImageNet weights, our saved weights and the upstream class all load each other's files.
 """
 
@@ -39,8 +39,6 @@ class EfficientNetLite(EfficientNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self._fc = nn.Linear(self._fc.in_features, num_classes)
 
 
 def _plain_pointwise_convs(net: nn.Module) -> None:

@@ -8,8 +8,6 @@ The model itself stays a plain `*ForSequenceClassification`, so what we save loa
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,16 +17,9 @@ from peft import TaskType
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from .. import assets
+from .base import Head
 from ..config import DEFAULT_MAX_LENGTH
 from ..errors import UserError
-
-
-@dataclass(frozen=True)
-class Head:
-    """Which modules form the task head, and how they map first-token features to logits."""
-
-    modules: tuple[str, ...]
-    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
 def _bert_head(hf, h):  # the pooler (dense + tanh on the first token) is part of the head
@@ -67,6 +58,7 @@ class TextClassifier(nn.Module):
     add_adapter (peft), reinitialize, save.
     """
 
+    kind = "encoder"
     peft_task_type = TaskType.SEQ_CLS
     modality = "text"
     lora_targets = "all-linear"  # every linear layer of attention and MLP
@@ -90,15 +82,11 @@ class TextClassifier(nn.Module):
         id2label = self.hf.config.id2label
         return [id2label[i] for i in range(len(id2label))]
 
-    def encode(self, examples, train: bool = False, note=lambda message: None):
-        """Loader items: token ids (unpadded, cached per data file and tokenizer) and the label index."""
+    def encode(self, examples, targets: list | None, train: bool = False, note=lambda message: None):
+        """Loader items: token ids (unpadded, cached per data file and tokenizer) and the task's targets."""
         from ..data.tokens import token_items
 
-        labels = None
-        if examples.labels is not None:
-            index = {name: i for i, name in enumerate(self.label_names)}
-            labels = [index[y] for y in examples.labels]
-        return token_items(examples, self.tokenizer, self.max_length, labels, note)
+        return token_items(examples, self.tokenizer, self.max_length, targets, note)
 
     def add_adapter(self, peft_config) -> None:
         from peft import get_peft_model
@@ -132,13 +120,25 @@ class TextClassifier(nn.Module):
         return self.hf.config.model_type
 
     @property
+    def can_split(self) -> bool:
+        """Whether the backbone/head split is known, so that a frozen backbone's features can be cached."""
+        return self.model_type in HEADS
+
+    def why_no_split(self) -> str:
+        return (f"model type '{self.model_type}' has no known head split, so its features cannot be cached; "
+                f"use --regime full or lora (supported for caching: {', '.join(HEADS)})")  # fmt: skip
+
+    @property
     def head(self) -> Head:
-        if self.model_type not in HEADS:
-            raise UserError(
-                f"model type '{self.model_type}' has no known head split, so its features cannot be cached; "
-                f"use --regime full or lora (supported for caching: {', '.join(HEADS)})"
-            )
+        if not self.can_split:
+            raise UserError(self.why_no_split())
         return HEADS[self.model_type]
+
+    def read_inputs(self, path: str | None, text: str | None, column: str):
+        """What `predict` reads for this model (data/inputs.py)."""
+        from ..data.inputs import text_inputs
+
+        return text_inputs(path, text, column)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, num_labels)
@@ -184,9 +184,13 @@ def load_text_classifier(
     trust_remote_code: bool = False,
     max_length: int | None = None,
     attention_dropout_p: float | None = None,
+    problem_type: str = "single_label_classification",
 ) -> TextClassifier:
-    """A pre-trained encoder (built-in name or local folder) with a fresh head for `label_names`."""
-    path = assets.resolve_model(name_or_path)
+    """A pre-trained encoder (built-in name or local folder) with a fresh head with one output per name
+    in `label_names` (classes, or regression targets)."""
+    path = assets.locate_model(name_or_path).path
+    if not path.is_dir():
+        raise UserError(f"model '{name_or_path}' is a file, not a model folder; pass a Hugging Face model folder")
     config = read_model_config(path, trust_remote_code)
     max_length = choose_max_length(config, max_length, path)
     quiet_transformers()
@@ -199,6 +203,7 @@ def load_text_classifier(
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
+        problem_type=problem_type,
         ignore_mismatched_sizes=True,  # a folder fine-tuned earlier may carry a head of another size
         trust_remote_code=trust_remote_code,
     )
@@ -206,6 +211,12 @@ def load_text_classifier(
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     hf.config.pad_token_id = tokenizer.pad_token_id
     return TextClassifier(hf, tokenizer, max_length)
+
+
+def load(cfg, head: dict, note=lambda message: None) -> TextClassifier:
+    """The encoder `cfg` (a RunConfig) names, with the head `head` (a task's head_config) asks for."""
+    m = cfg.model
+    return load_text_classifier(m.name, head["labels"], m.trust_remote_code, m.max_length, m.attention_dropout, head["problem_type"])
 
 
 def read_model_config(path: Path, trust_remote_code: bool = False):
@@ -279,7 +290,7 @@ def load_pretrained(auto_class, path: Path, head: tuple[str, ...] = (), **kwargs
     return hf
 
 
-def load_saved_classifier(model_dir: Path) -> TextClassifier:
+def load_saved(model_dir: Path) -> TextClassifier:
     """A classifier saved by `transferkit train`: a full model folder or a PEFT adapter folder."""
     quiet_transformers()
     tokenizer = load_tokenizer(model_dir)

@@ -1,7 +1,7 @@
 """Image classifiers: a CNN backbone with a backbone/head split (timm's forward_features / forward_head).
 
-Networks come from `ARCHITECTURES` (name -> builder); each offers forward_features, forward_head,
-reset_classifier, and says which modules form its head, where LoRA goes and how inputs are
+Networks come from `ARCHITECTURES` (name -> builder); each offers forward_features and forward_head,
+and says which modules form its head, where LoRA goes and how inputs are
 normalised. A saved model is a folder with `model.safetensors` (the network's own parameter
 names) and `vision.json` (architecture, labels, input size, normalisation).
 """
@@ -21,7 +21,7 @@ from torch import nn
 from .. import assets
 from ..data.images import ImageItems, random_resized_crop, resize_center_crop, to_tensor
 from ..errors import UserError
-from .text import Head
+from .base import Head
 
 CONFIG_FILE = "vision.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -67,9 +67,6 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.classifier.in_features, num_classes)
-
 
 def _efficientnet_lite0(num_classes: int, image_size: int) -> nn.Module:
     try:
@@ -103,6 +100,7 @@ class ImageConfig:
 class ImageClassifier(nn.Module):
     """A CNN with `forward_features` (backbone) and `forward_head` (task head); the same face as TextClassifier."""
 
+    kind = "image"
     peft_task_type = None  # peft wraps the network as a plain module
     modality = "image"
     pad_id = 0  # images are never padded
@@ -121,6 +119,8 @@ class ImageClassifier(nn.Module):
     def label_names(self) -> list[str]:
         return self.config.labels
 
+    can_split = True  # every architecture in ARCHITECTURES offers forward_features / forward_head
+
     @property
     def head(self) -> Head:
         return Head(tuple(self.net.head_modules), lambda net, features: net.forward_head(features))
@@ -128,6 +128,12 @@ class ImageClassifier(nn.Module):
     @property
     def lora_targets(self) -> list[str]:
         return list(self.net.lora_targets)
+
+    def read_inputs(self, path: str | None, text: str | None, column: str):
+        """What `predict` reads for this model (data/inputs.py)."""
+        from ..data.inputs import image_inputs
+
+        return image_inputs(path, text, column)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.net(pixel_values)  # (B, num_labels)
@@ -160,7 +166,7 @@ class ImageClassifier(nn.Module):
                 module.eval()
         return self
 
-    def encode(self, examples, train: bool = False, note=lambda message: None) -> ImageItems:
+    def encode(self, examples, targets: list | None, train: bool = False, note=lambda message: None) -> ImageItems:
         """Loader items made on access: a random crop and flip for training, the center crop otherwise."""
         c = self.config
         if train:
@@ -168,11 +174,7 @@ class ImageClassifier(nn.Module):
             view = lambda img: random_resized_crop(img, c.image_size, rng)  # noqa: E731
         else:
             view = lambda img: resize_center_crop(img, c.image_size, c.crop_fraction)  # noqa: E731
-        labels = None
-        if examples.labels is not None:
-            index = {name: i for i, name in enumerate(self.label_names)}
-            labels = [index[y] for y in examples.labels]
-        return ImageItems(list(examples.inputs), labels, lambda img: to_tensor(view(img), c.mean, c.std))
+        return ImageItems(list(examples.inputs), targets, lambda img: to_tensor(view(img), c.mean, c.std))
 
     def add_adapter(self, peft_config) -> None:
         from peft import get_peft_model
@@ -200,13 +202,12 @@ class ImageClassifier(nn.Module):
         (folder / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
 
 
-def is_image_model(cfg) -> bool:
-    """Whether the ModelConfig `cfg` names an image model (built-in, saved folder or weights file)."""
-    name = cfg.name
-    if name in assets.MODELS:
-        return assets.MODELS[name].modality == "image"
-    path = Path(name).expanduser()
-    return cfg.architecture is not None or (path / CONFIG_FILE).is_file() or path.suffix.lower() in WEIGHTS_SUFFIXES
+def is_image_model(location, architecture: str | None) -> bool:
+    """Whether a located model is an image network (built-in, saved folder, or a weights file)."""
+    if location.builtin is not None:
+        return location.builtin.modality == "image"
+    path = location.path
+    return architecture is not None or (path / CONFIG_FILE).is_file() or path.suffix.lower() in WEIGHTS_SUFFIXES
 
 
 def load_image_classifier(name: str, label_names: list[str], image_size: int, architecture: str | None = None) -> ImageClassifier:
@@ -215,15 +216,16 @@ def load_image_classifier(name: str, label_names: list[str], image_size: int, ar
     A head whose size already fits (a folder fine-tuned earlier on as many labels) is kept.
     """
     arguments = {}
-    if name in assets.MODELS:
-        architecture, weights = name, assets.MODELS[name].path()
-    elif (Path(name) / CONFIG_FILE).is_file():
-        saved = read_config(Path(name))
-        architecture, arguments, weights = saved.architecture, saved.arguments, Path(name) / WEIGHTS_FILE
+    location = assets.locate_model(name)
+    if location.builtin is not None:
+        architecture, weights = name, location.path
+    elif (location.path / CONFIG_FILE).is_file():
+        saved = read_config(location.path)
+        architecture, arguments, weights = saved.architecture, saved.arguments, location.path / WEIGHTS_FILE
     else:
-        weights = Path(name).expanduser()
+        weights = location.path
         if not weights.is_file():
-            raise UserError(f"weights file '{name}' does not exist; check the path")
+            raise UserError(f"'{name}' is neither a saved image model folder (with {CONFIG_FILE}) nor a weights file; check the path")
         if architecture is None:
             raise UserError(f"weights file '{name}' needs model.architecture (one of: {', '.join(ARCHITECTURES)})")
     net = build_network(architecture, len(label_names), image_size, arguments)
@@ -232,7 +234,13 @@ def load_image_classifier(name: str, label_names: list[str], image_size: int, ar
     return ImageClassifier(net, config)
 
 
-def load_saved_image_classifier(folder: Path) -> ImageClassifier:
+def load(cfg, head: dict, note=lambda message: None) -> ImageClassifier:
+    """The image network `cfg` (a RunConfig) names, with a head for the labels `head` asks for."""
+    m = cfg.model
+    return load_image_classifier(m.name, head["labels"], m.image_size, m.architecture)
+
+
+def load_saved(folder: Path) -> ImageClassifier:
     """A classifier saved by `transferkit train`, in eval mode."""
     config = read_config(folder)
     net = build_network(config.architecture, len(config.labels), config.image_size, config.arguments)

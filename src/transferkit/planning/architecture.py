@@ -109,24 +109,12 @@ class Architecture:
 
 def locate(name_or_path: str) -> tuple[Path, str | None]:
     """(folder, GGUF file name or None) of a built-in name, a model folder, a config.json or a .gguf file."""
-    if name_or_path in assets.MODELS:
-        path = assets.MODELS[name_or_path].path()
-    else:
-        path = Path(name_or_path).expanduser()
-        if not path.exists():
-            known = ", ".join(assets.MODELS)
-            raise UserError(
-                f"model '{name_or_path}' is neither a built-in name ({known}) nor an existing folder or file; "
-                "pass a model folder, its config.json, or a .gguf file"
-            )
-    if path.is_file():
-        return path.parent, (path.name if path.suffix == ".gguf" else None)
-    if (path / "config.json").is_file():
-        return path, None
-    found = sorted(path.glob("*.gguf"))
-    if not found:
-        raise UserError(f"model folder '{path}' has no config.json (nor a .gguf file); pass a Hugging Face model folder")
-    return path, found[0].name
+    location = assets.locate_model(name_or_path)
+    if location.gguf is not None:
+        return location.gguf.parent, location.gguf.name
+    if location.path.is_file() or (location.path / "config.json").is_file():
+        return location.folder, None
+    raise UserError(f"model folder '{location.path}' has no config.json (nor a .gguf file); pass a Hugging Face model folder")
 
 
 def load_config(name_or_path: str):

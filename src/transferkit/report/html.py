@@ -17,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display: draw into memory
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .columns import columns, headline_metric  # noqa: E402
+
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:0.5em 0}
@@ -96,48 +98,62 @@ def too_many_classes(n: int) -> str:
 
 
 def read_log(run_dir: Path) -> list[dict]:
+    """A run's metrics.jsonl records (the callers read files; the report functions take data)."""
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def run_report(run_dir: Path) -> str:
-    """One run: its test metrics, learning curves, confusion matrix (or generated samples),
-    forgetting before and after, and the config."""
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+def run_report(metrics: dict, records: list[dict], config_text: str) -> str:
+    """One run: its test metrics, learning curves, confusion matrix (or generated samples, or a scatter
+    of predicted against true values), forgetting before and after, and the config."""
     test = metrics["test"]
-    quality = (["test accuracy", "macro-F1"], [f"{test['accuracy']:.4f}", f"{test['macro_f1']:.4f}"]) if "accuracy" in test else (
-        ["test loss", "perplexity", "exact match"],
-        [f"{test['loss']:.4f}", f"{test['perplexity']:.2f}", f"{test['exact_match']:.4f}" if "exact_match" in test else "-"],
-    )
+    quality = [c for c in metrics.get("columns", []) if c[0] in test]
     summary = table(
-        ["regime", *quality[0], "parameters trained", "train time s", "peak memory MB", "model MB"],
-        [[metrics["regime"], *quality[1], f"{metrics['parameters']['trainable']:,}",
+        ["regime", *[f"test {title}" for _, title, _ in quality], "parameters trained", "train time s", "peak memory MB", "model MB"],
+        [[metrics["regime"], *[fmt.format(test[key]) for key, _, fmt in quality], f"{metrics['parameters']['trainable']:,}",
           f"{metrics['train_seconds']:.1f}", f"{metrics['peak_rss_mb']:.0f}", f"{metrics['model_size_mb']:.1f}"]],
-    )
+    )  # fmt: skip
     sections = ["<h2>Result</h2>", summary]
     if "per_class" in test:
         sections.append(table(["class", "precision", "recall", "F1", "support"],
                               [[n, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]] for n, m in test["per_class"].items()]))
+    if "per_target" in test:
+        keys = list(next(iter(test["per_target"].values())))
+        sections.append(table(["target", *keys], [[n, *[f"{m[k]:.4f}" for k in keys]] for n, m in test["per_target"].items()]))
     if metrics.get("prompt"):
         p = metrics["prompt"]
         sections.append(f"<p>Prompt: {p['shots']} demonstrations, {p['prefix_tokens']} prefix tokens, calibrated: {p['calibrated']}.</p>")
-    records = read_log(run_dir)
     plots = [figure_tag(learning_curves(records, metrics["regime"]), "learning curves")] if records else []
     if "confusion_matrix" in test and len(metrics["labels"]) <= MAX_MATRIX_CLASSES:
         plots.append(figure_tag(confusion_figure(test["confusion_matrix"], metrics["labels"], "test confusion matrix"), "confusion matrix"))
     elif "confusion_matrix" in test:
         sections.append(too_many_classes(len(metrics["labels"])))
+    if metrics.get("scatter"):
+        plots.append(figure_tag(scatter_figure(metrics["scatter"]), "predicted against true values"))
     if metrics.get("forgetting"):
         sections += ["<h2>Forgetting</h2>", forgetting_table(metrics["forgetting"])]
         plots.append(figure_tag(forgetting_figure(metrics["forgetting"]), "forgetting before and after"))
     if metrics.get("samples"):
         sections += ["<h2>Sample generations (test)</h2>",
                      table(["prompt", "reference", "generated"], [[s["prompt"][:300], s["reference"], s["generated"]] for s in metrics["samples"]])]
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
     return page(f"transferkit run: {metrics['regime']} on {metrics['data']['name']}", [
         *sections, "<h2>Training</h2>", *plots,
-        "<h2>Configuration</h2>", f"<pre>{html.escape(config)}</pre>",
+        "<h2>Configuration</h2>", f"<pre>{html.escape(config_text)}</pre>",
     ])
+
+
+def scatter_figure(scatter: dict):
+    """Regression: predicted against true values on the test split, one panel per target (in the data's units)."""
+    names = list(scatter)
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        true, predicted = scatter[name]["true"], scatter[name]["predicted"]
+        ax.scatter(true, predicted, s=6, alpha=0.5)
+        low, high = min(true + predicted), max(true + predicted)
+        ax.plot([low, high], [low, high], color="#c44e52", lw=1)  # where a perfect prediction lies
+        ax.set(title=name, xlabel="true", ylabel="predicted")
+        ax.grid(alpha=0.3)
+    return fig
 
 
 def forgetting_table(f: dict) -> str:
@@ -161,12 +177,13 @@ def forgetting_figure(f: dict):
     return fig
 
 
-def comparison_report(comparison, base) -> str:
-    """Regimes side by side: the table, cost against quality, quality against labels, curves."""
-    from ..compare import columns, headline_metric
+def comparison_report(comparison, title: str, base_yaml: str, quality: list, headlines: list[str], logs: dict, best_metrics: dict | None) -> str:
+    """Regimes side by side: the table, cost against quality, quality against labels, learning curves.
 
-    summary, cols = comparison.summary, columns(comparison.summary)
-    metric = headline_metric(summary)
+    `logs`: each run's metrics.jsonl records (by run folder); `best_metrics`: the best run's metrics.json.
+    """
+    summary, cols = comparison.summary, columns(comparison.summary, quality)
+    metric = headline_metric(summary, headlines)
     rows = [[fmt.format(row[key]) for key, _, fmt in cols] for row in summary]
     sizes = sorted({r["train_size"] for r in summary}, key=lambda s: float("inf") if s == "all" else s)
     largest = [r for r in summary if r["train_size"] == sizes[-1]]
@@ -174,26 +191,19 @@ def comparison_report(comparison, base) -> str:
     if len(sizes) > 1:
         plots.append(figure_tag(quality_by_size_figure(summary, metric), f"{_title(metric)} against number of labels"))
     for row in comparison.rows:
-        if "error" not in row and row["train_size"] == sizes[-1] and row["seed"] == comparison.rows[0]["seed"]:
-            records = read_log(Path(row["run"]))
-            if records:
-                plots.append(figure_tag(learning_curves(records, row["regime"]), f"learning curves {row['regime']}"))
-    finished = [r for r in comparison.rows if "error" not in r]
-    best = max((r for r in finished if r["train_size"] == sizes[-1]), key=lambda r: r[metric])
-    best_metrics = json.loads((Path(best["run"]) / "metrics.json").read_text())
-    if "confusion_matrix" in best_metrics["test"] and len(best_metrics["labels"]) <= MAX_MATRIX_CLASSES:
+        if "error" not in row and row["train_size"] == sizes[-1] and row["seed"] == comparison.rows[0]["seed"] and logs.get(row["run"]):
+            plots.append(figure_tag(learning_curves(logs[row["run"]], row["regime"]), f"learning curves {row['regime']}"))
+    if best_metrics and "confusion_matrix" in best_metrics["test"] and len(best_metrics["labels"]) <= MAX_MATRIX_CLASSES:
         plots.append(figure_tag(confusion_figure(best_metrics["test"]["confusion_matrix"], best_metrics["labels"],
-                                                 f"test confusion matrix: {best['regime']}"), "confusion matrix"))
-    import yaml
-
-    return page(f"transferkit comparison: {base.model.name} on {base.data.name}", [
+                                                 f"test confusion matrix: {best_metrics['regime']}"), "confusion matrix"))  # fmt: skip
+    return page(title, [
         "<h2>Regimes side by side</h2>", table([title for _, title, _ in cols], rows),
         f"<p>Medians over seeds; ± is the standard deviation of {_title(metric)} over seeds. Peak memory is the peak "
         "resident memory of the run's own process (on a GPU: peak allocated). Forgetting, where measured: the change "
         "in perplexity of general text (causal LMs), or the linear CKA of general-text embeddings before and after "
         "and the change in a second task's linear-probe accuracy (encoders).</p>",
         "<h2>Plots</h2>", "<div class='plots'>", *plots, "</div>",
-        "<h2>Base configuration</h2>", f"<pre>{html.escape(yaml.safe_dump(base.to_dict(), sort_keys=False))}</pre>",
+        "<h2>Base configuration</h2>", f"<pre>{html.escape(base_yaml)}</pre>",
     ])
 
 

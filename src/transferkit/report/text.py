@@ -26,6 +26,16 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def format_forgetting(f: dict) -> str:
+    """One line: what training cost in general ability (eval/forgetting.py measured it)."""
+    if "general_perplexity_before" in f:
+        return (f"forgetting: perplexity on {f['corpus']} {f['general_perplexity_before']:.2f} -> "
+                f"{f['general_perplexity_after']:.2f} ({100 * f['general_perplexity_change']:+.1f}%)")  # fmt: skip
+    probe = (f", {f['probe_task']} probe accuracy {f['probe_accuracy_before']:.4f} -> {f['probe_accuracy_after']:.4f}"
+             if f.get("probe_task") else "")  # fmt: skip
+    return f"forgetting: representation CKA on {f['corpus']} {f['representation_cka']:.4f} (1 = unchanged){probe}"
+
+
 def show_data_warnings() -> None:
     """Warnings about the user's data print as one line, 'warning: ...', without the source line."""
     import warnings

@@ -11,6 +11,8 @@ from .loop import Progress, autocast
 class HeadOnFeatures(nn.Module):
     """The model's own head, fed cached backbone features instead of raw inputs."""
 
+    pad_id = 0  # cached features are fixed-size vectors: nothing is ever padded
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model

@@ -49,40 +49,34 @@ def autocast(accelerator: Accelerator, precision: str):
     return torch.autocast(accelerator.device.type, dtype=torch.bfloat16)
 
 
-def fit(
-    model: nn.Module,
-    train_loader: Iterable[dict],
-    val_loader: Iterable[dict],
-    task,
-    accelerator: Accelerator,
-    *,
-    cfg,
-    lr: float,
-    epochs: int,
-    max_steps: int | None = None,
-    accumulation: int = 1,
-    precision: str,
-    layer_decay: float = 1.0,
-    stage: str = "train",
-    log: Callable[[dict], None] = lambda record: None,
-    progress: Progress | None = None,
-    extra_validation: Callable[[nn.Module], dict] | None = None,
-) -> FitResult:
-    """Train the parameters of `model` that require grad; `cfg` is a TrainConfig.
+@dataclass
+class Hooks:
+    """What a run attaches to the loop: where records go, the progress bar, extra validation figures."""
 
-    `train_loader` yields micro-batches; `accumulation` of them make one optimizer step.
-    Validates every epoch (or every `cfg.eval_every_steps`), stops after `cfg.patience`
-    validations without improvement, and leaves the best validated weights in `model`.
-    `extra_validation(model)` adds metrics to each validation (the general-text loss of
-    metric loss+general). Raises Diverged (with the best weights restored) when the loss stops
-    being finite.
+    log: Callable[[dict], None] = lambda record: None
+    progress: Progress = field(default_factory=Progress)
+    extra_validation: Callable[[nn.Module], dict] | None = None
+    """Adds metrics to each validation (the general-text loss of metric loss+general)."""
+
+
+def fit(model: nn.Module, train_loader: Iterable[dict], val_loader: Iterable[dict], task, accelerator: Accelerator,
+        stage, cfg, precision: str, hooks: Hooks | None = None) -> FitResult:  # fmt: skip
+    """Train the parameters of `model` that require grad, as `stage` (a methods.Stage) says; `cfg` is a TrainConfig.
+
+    `train_loader` yields micro-batches (cfg.micro_batch_size, else the stage's batch size); as many as
+    make up `stage.batch_size` are accumulated into one optimizer step. Validates every epoch (or every
+    `cfg.eval_every_steps`), stops after `cfg.patience` validations without improvement, and leaves the
+    best validated weights in `model`. Raises Diverged (with the best weights restored) when the loss
+    stops being finite.
     """
-    progress = progress or Progress()
+    hooks = hooks or Hooks()
+    progress = hooks.progress
+    accumulation = stage.batch_size // (cfg.micro_batch_size or stage.batch_size)
     steps_per_epoch = math.ceil(len(train_loader) / accumulation)
-    total_steps = max_steps or epochs * steps_per_epoch
+    total_steps = stage.max_steps or stage.epochs * steps_per_epoch
     eval_every = cfg.eval_every_steps or steps_per_epoch
 
-    optimizer = torch.optim.AdamW(param_groups(model, lr, cfg.weight_decay, layer_decay), lr=lr)
+    optimizer = torch.optim.AdamW(param_groups(model, stage.lr, cfg.weight_decay, stage.layer_decay), lr=stage.lr)
     scheduler = schedule(optimizer, total_steps, int(cfg.warmup_ratio * total_steps), cfg.schedule)
     raw_model = model
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
@@ -92,13 +86,13 @@ def fit(
 
     def validate() -> dict:
         val = evaluate(model, val_loader, task, accelerator, precision)
-        return (val | extra_validation(model)) if extra_validation else val
+        return (val | hooks.extra_validation(model)) if hooks.extra_validation else val
 
     result = FitResult()
     # Validated before the first step: a stage that only makes things worse hands back the
     # weights it was given (the previous stage's best), not its own least bad ones.
-    best = _Best(raw_model, cfg.metric, cfg.patience, validate())
-    progress.start(stage, total_steps)
+    best = _Best(raw_model, cfg.metric or task.metric, cfg.patience, validate())
+    progress.start(stage.name, total_steps)
     started = time.perf_counter()
     try:
         while result.steps < total_steps and not result.stopped_early:
@@ -106,7 +100,7 @@ def fit(
             for group in _groups(train_loader, accumulation):
                 loss, count = _accumulate(model, group, task, accelerator, precision)
                 if not math.isfinite(loss):
-                    raise Diverged(stage, result.steps + 1, lr)
+                    raise Diverged(stage.name, result.steps + 1, stage.lr)
                 for p, anchor in zip(trainable, anchors):
                     if p.grad is not None:  # the gradient of (l2sp / 2) * ||w - w0||^2
                         p.grad.add_(p.detach() - anchor, alpha=cfg.l2sp)
@@ -117,12 +111,12 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 result.steps += 1
                 result.examples += count
-                record = {"stage": stage, "step": result.steps, "loss": loss, "lr": scheduler.get_last_lr()[0]}
+                record = {"stage": stage.name, "step": result.steps, "loss": loss, "lr": scheduler.get_last_lr()[0]}
                 if result.steps % eval_every == 0 or result.steps == total_steps:
                     val = validate()
                     record.update({f"val_{k}": v for k, v in val.items() if isinstance(v, float)})
                     result.stopped_early = best.update(raw_model, result.steps, val)
-                log(record)
+                hooks.log(record)
                 progress.step(**{k: v for k, v in record.items() if k in ("loss", "val_accuracy", "val_perplexity")})
                 if result.steps >= total_steps or result.stopped_early:
                     break
@@ -163,7 +157,7 @@ class _Best:
         self.score, self.state, self.step, self.metrics, self.stale = self._score(metrics), snapshot(model), 0, metrics, 0
 
     def _score(self, metrics: dict) -> tuple[float, ...]:
-        """Higher is better. Accuracy and macro-F1 often tie on a small validation set (with the
+        """Higher is better. Accuracy, F1 and the like often tie on a small validation set (with the
         incoming weights too, whose head may be untrained): the lower loss breaks the tie."""
         if self.metric == "loss+general":
             return (-(metrics["loss"] + metrics["general_loss"]),)
