@@ -70,6 +70,7 @@ def build_tiny_bert(folder: Path) -> Path:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+    model.config.problem_type = None  # set by the loss above; a pre-trained backbone's config has none
     model.bert.save_pretrained(folder)  # the backbone only: every test run starts a fresh head
     return folder
 

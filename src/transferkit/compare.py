@@ -97,10 +97,9 @@ def compare(
 def _check_inputs(base: RunConfig):
     """Read the data and load the model once, as every run will, so that bad input fails before any run.
     Returns the task (its metric columns make the table)."""
-    kind = kind_of(base.model)
-    task = tasks.make(kind, base)
+    task = tasks.make(kind_of(base.model), base)
     task.read(base.data, 0)
-    load_model(base, task)
+    load_model(base.with_dataset_defaults(), task)
     return task
 
 

@@ -59,7 +59,14 @@ class DataConfig:
     text_column: str = "text"
     """Column (CSV) or field (JSONL) that holds the input text."""
     label_column: str = "label"
-    """Column (CSV) or field (JSONL) that holds the label."""
+    """Column (CSV) or field (JSONL) that holds the label (regression: the target value; multi-label: the
+    labels of the row, joined by task.label_separator)."""
+    label_columns: list[str] | None = None
+    """Several columns instead of label_column: regression with several targets, or multi-label with one
+    0/1 column per label (e.g. data.label_columns=sports,politics)."""
+    pair_column: str | None = None
+    """Column with the second text of a text pair (inference, paraphrase, similarity): the two texts go to
+    the tokenizer as a pair. Empty: single texts (built-in pair sets use their own)."""
     validation_fraction: float = 0.1
     """Share of the data held out for validation when no validation file is given (stratified)."""
     test_fraction: float = 0.2
@@ -198,10 +205,10 @@ class ReplayConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "classify"
+    name: str | None = None
     """What the model learns: classify (one label per input), regress (numeric targets), multilabel (any
     number of labels per input), or generate (a causal LM learns responses or plain text). `task: NAME`
-    in a YAML file and `--task NAME` set this."""
+    in a YAML file and `--task NAME` set this. Empty: what a built-in dataset is for, else classify."""
     loss: str = "mse"
     """Regression loss: mse, or huber (less pulled by outlying targets)."""
     label_separator: str = "|"
@@ -246,6 +253,19 @@ class RunConfig:
             raise UserError("train.metric=loss+general needs general text: set forgetting.corpus (e.g. bbc-news-text)")
         if self.replay.ratio > 0 and not (self.replay.corpus or self.forgetting.corpus):
             raise UserError("replay.ratio needs general text to replay: set replay.corpus or forgetting.corpus")
+
+    def with_dataset_defaults(self) -> RunConfig:
+        """This config with what the data decides filled in: task.name (a built-in dataset's own task, else
+        classify) and data.pair_column (a built-in pair dataset's "pair")."""
+        from . import assets
+
+        asset = assets.DATASETS.get(self.data.name)
+        cfg = self
+        if cfg.task.name is None:
+            cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, name=asset.task if asset else "classify"))
+        if cfg.data.pair_column is None and asset is not None and asset.pair:
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pair_column="pair"))
+        return cfg
 
     @property
     def run_dir(self) -> Path:

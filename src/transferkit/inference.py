@@ -81,17 +81,16 @@ def predict_columns(model, cfg: RunConfig, examples: Examples) -> dict[str, list
     return model.task.predict(model, examples, Context(cfg, Accelerator(), "fp32", Progress()))
 
 
-def evaluate_file(run_dir: str | Path, path: str, text_column: str | None = None, label_column: str | None = None) -> dict:
+def evaluate_file(run_dir: str | Path, path: str, text_column: str | None = None, label_column: str | None = None,
+                  pair_column: str | None = None) -> dict:  # fmt: skip
     """Test metrics of a finished run on a labelled file (or image folder), as its task measures them."""
     from dataclasses import replace
 
     model, cfg = load_run(run_dir)
-    data = replace(cfg.data, text_column=text_column or cfg.data.text_column, label_column=label_column or cfg.data.label_column)
+    data = replace(cfg.data, text_column=text_column or cfg.data.text_column, label_column=label_column or cfg.data.label_column,
+                   pair_column=pair_column or cfg.data.pair_column)  # fmt: skip
     task = model.task
     examples = task.read_file(path, data)
-    unknown = sorted(set(examples.labels or []) - set(task.label_names)) if task.label_names else []
-    if unknown:
-        raise UserError(f"label '{unknown[0]}' in '{path}' was never seen in training (the model knows: {', '.join(task.label_names)})")
     accelerator = Accelerator()
     model.to(accelerator.device)
     items = task.encode(model, examples)

@@ -31,7 +31,7 @@ from .config import RunConfig, load_config
 from .data.batching import make_loader
 from .data.splits import Splits
 from .errors import UserError
-from .eval.forgetting import FORGETTING, general_validation, replay_items, start_forgetting
+from .eval.forgetting import can_measure, general_validation, replay_items, start_forgetting
 from .methods import REGIMES, check_fit, resolve_defaults
 from .models import kind_of, load_model
 from .report.html import read_log, run_report
@@ -98,6 +98,7 @@ def train(
             untouched), or a loss that became NaN (the last good weights are saved first).
     """
     cfg = config if isinstance(config, RunConfig) and not overrides else load_config(config, overrides)
+    cfg = cfg.with_dataset_defaults()
     progress = progress or Progress()
     folders.check_output(cfg.run_dir, cfg.overwrite)
     kind = kind_of(cfg.model)
@@ -149,14 +150,20 @@ def _check_mitigations(cfg: RunConfig, task) -> None:
         raise UserError("replay and metric loss+general use the language-model loss: they need a causal LM; unset replay.ratio")
 
 
+EXAMPLE_MODELS = {"text": "minilm-l6", "image": "efficientnet-lite0"}  # a built-in model for each kind of input
+
+
 def _check_data_fits(cfg: RunConfig, model, splits: Splits) -> None:
     if model.modality != splits.modality:
-        hint = "efficientnet-lite0" if splits.modality == "image" else "minilm-l6"
+        hint = EXAMPLE_MODELS[splits.modality]
         raise UserError(
             f"model '{cfg.model.name}' reads {model.modality}s but data '{cfg.data.name}' holds {splits.modality}s; "
             f"pick a {splits.modality} model, e.g. --model {hint}"
         )
-    if cfg.forgetting.corpus and model.kind not in FORGETTING:
+    if splits.train.pairs is not None and not model.reads_pairs:
+        raise UserError(f"text pairs (data.pair_column) go to a text encoder as (text, text_pair); '{cfg.model.name}' takes single "
+                        "inputs: use an encoder such as minilm-l6, or join the two texts into one column")  # fmt: skip
+    if cfg.forgetting.corpus and not can_measure(model):
         raise UserError("forgetting is measured on general text: it needs a text model; unset forgetting.corpus")
 
 
@@ -239,6 +246,7 @@ class _Saved:
         self.model, self.task = model, task
 
     def save(self, folder: Path) -> None:
+        self.task.before_save(self.model)
         self.model.save(folder)
         tasks.write_task_file(self.task, folder)
 

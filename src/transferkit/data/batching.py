@@ -50,6 +50,9 @@ def collate(pad_id: int):
                 longest = max(len(v) for v in values)
                 batch["input_ids"] = torch.tensor([v + [pad_id] * (longest - len(v)) for v in values])
                 batch["attention_mask"] = torch.tensor([[1] * len(v) + [0] * (longest - len(v)) for v in values])
+            elif key == "token_type_ids":  # a pair's segment ids: padding belongs to no segment
+                longest = max(len(v) for v in values)
+                batch[key] = torch.tensor([v + [0] * (longest - len(v)) for v in values])
             elif key == "labels" and isinstance(values[0], list):  # per-token targets; -100 is ignored
                 longest = max(len(v) for v in values)
                 batch["labels"] = torch.tensor([v + [-100] * (longest - len(v)) for v in values])

@@ -16,12 +16,16 @@ class Examples:
     """
 
     inputs: Sequence
-    labels: list[str] | None
+    labels: list | None
+    """What the task learns from each input: a label (classification), target values (regression), a
+    set of labels (multi-label); None for unlabelled inputs."""
     skipped: list[str] = field(default_factory=list)
     """Files found beside the data but not read (not images), to report."""
     source: TextSource | None = None
     indices: list[int] | None = None
     """Rows of `source` these examples are, in order (None: all of them)."""
+    pairs: Sequence | None = None
+    """The second text of each input, for text-pair tasks (inference, paraphrase, similarity)."""
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -30,8 +34,10 @@ class Examples:
         labels = None if self.labels is None else [self.labels[i] for i in indices]
         if self.source is not None:
             rows = [self.indices[i] for i in indices] if self.indices is not None else list(indices)
-            return Examples(self.source.texts(rows), labels, source=self.source, indices=rows)
-        return Examples([self.inputs[i] for i in indices], labels)
+            pairs = None if self.source.pair_column is None else self.source.texts(rows, self.source.pair_column)
+            return Examples(self.source.texts(rows), labels, source=self.source, indices=rows, pairs=pairs)
+        pairs = None if self.pairs is None else [self.pairs[i] for i in indices]
+        return Examples([self.inputs[i] for i in indices], labels, pairs=pairs)
 
 
 @dataclass
@@ -41,7 +47,9 @@ class TextSource:
     rows: object  # datasets.Dataset
     column: str
     fingerprint: str
+    pair_column: str | None = None
+    """The column of each pair's second text, for text-pair tasks."""
 
-    def texts(self, indices: list[int] | None = None):
+    def texts(self, indices: list[int] | None = None, column: str | None = None):
         rows = self.rows if indices is None else self.rows.select(indices)
-        return rows[self.column]
+        return rows[column or self.column]

@@ -19,16 +19,19 @@ class Inputs:
     skipped: list[str] = field(default_factory=list)
 
 
-def text_inputs(path: str | None, text: str | None, column: str) -> Inputs:
+def text_inputs(path: str | None, text: str | None, column: str, pair: str | None = None, pair_column: str | None = None) -> Inputs:
+    """One --text (and --pair), or the rows of a table (its text column, and pair column for a pair run)."""
     from .tables import read_texts
 
     if text is not None:
-        return Inputs(Examples([text], None), None, [repr(text[:70])])
-    examples = read_texts(path, column)
+        if pair_column is not None and pair is None:
+            raise UserError("this run's model reads text pairs; give the second text with --pair")
+        return Inputs(Examples([text], None, pairs=None if pair is None else [pair]), None, [repr(text[:70])])
+    examples = read_texts(path, column, pair_column)
     return Inputs(examples, Path(path), [repr(t[:70]) for t in examples.inputs])
 
 
-def image_inputs(path: str | None, text: str | None, column: str) -> Inputs:
+def image_inputs(path: str | None, text: str | None, column: str, pair: str | None = None, pair_column: str | None = None) -> Inputs:
     from .images import check_image, is_image_file, list_images
 
     if text is not None:

@@ -1,4 +1,5 @@
-"""Seeded, stratified splits: every class keeps its share in train, validation and test."""
+"""Reading a task's data and splitting it, seeded: stratified by class for classification (every class
+keeps its share in train, validation and test), at random for the other tasks."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 
 from .. import assets
 from ..errors import UserError
-from .builtin import read_builtin, read_builtin_test
-from .examples import Examples
-from .tables import TABLE_SUFFIXES, labelled_examples, labels_of, saved_splits, texts_of
+from .builtin import builtin_table, read_builtin, read_builtin_test
+from .examples import Examples, TextSource
+from .tables import TABLE_SUFFIXES, labels_of, read_table, saved_splits, texts_of
 
 
 @dataclass
@@ -27,14 +28,48 @@ class Splits:
     """Files in the data folders that were not read (not images)."""
 
 
-def read_labelled(path: str, text_column: str, label_column: str) -> Examples:
-    """Labelled examples from a table (CSV, TSV, JSONL, JSON, Parquet, a saved dataset) or an image folder
-    (one sub-folder per class)."""
-    if is_image_folder(path):
+def read_labelled(name: str, data) -> Examples:
+    """Labelled examples of a built-in set, a table (CSV, TSV, JSONL, JSON, Parquet, a saved dataset)
+    or an image folder (one sub-folder per class); `data` (a DataConfig) names the columns."""
+    if is_image_folder(name):
         from .images import read_image_folder
 
-        return read_image_folder(path)
-    return labelled_examples(path, text_column, label_column)
+        return read_image_folder(name)
+    if name in assets.DATASETS and assets.DATASETS[name].modality == "image":
+        return read_builtin(name)
+    table, columns = open_table(name, data)
+    return examples_of(table, columns, labels_of(table, columns.label, "--label-column"))
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which columns of a table hold the text, the second text of a pair, and what the task learns."""
+
+    text: str
+    pair: str | None
+    label: str
+
+
+def open_table(name: str, data) -> tuple:
+    """(Table, Columns) of a built-in text set or a data file; built-in sets bring their own column names."""
+    if name in assets.DATASETS:
+        asset = assets.DATASETS[name]
+        pair = data.pair_column or ("pair" if asset.pair else None)
+        return builtin_table(name), Columns("text", pair, "label")
+    table = read_table(name)
+    if not len(table.rows):
+        raise UserError(f"data file '{name}' holds no examples; give a file with a header and at least one row")
+    return table, Columns(data.text_column, data.pair_column, data.label_column)
+
+
+def examples_of(table, columns: Columns, targets: list) -> Examples:
+    """The table's texts (and second texts of pairs) with `targets`, one per row."""
+    texts, source = texts_of(table, columns.text)
+    pairs = None
+    if columns.pair is not None:
+        pairs, _ = texts_of(table, columns.pair, "--pair-column")
+        source = TextSource(source.rows, source.column, f"{source.fingerprint}:{columns.pair}", columns.pair)
+    return Examples(texts, targets, source=source, pairs=pairs)
 
 
 def is_image_folder(path: str) -> bool:
@@ -43,87 +78,94 @@ def is_image_folder(path: str) -> bool:
     return Path(path).is_dir() and Path(path).suffix.lower() not in TABLE_SUFFIXES and not _is_saved_dataset(Path(path))
 
 
-def load_splits(cfg, seed: int) -> Splits:
-    """Read the data that `cfg` (a DataConfig) names and split it into train / validation / test."""
-    builtin_test = None
+def load_splits(cfg, seed: int, read=None, stratify: bool = True) -> Splits:
+    """Read the data that `cfg` (a DataConfig) names and split it into train / validation / test.
+
+    `read(name) -> Examples` reads one pool (default: labelled examples for classification). With
+    `stratify` every class keeps its share in each split; without (regression, multi-label), the
+    split is at random. Either way it is seeded: the same seed, the same split, on every machine.
+    """
+    read = read or (lambda name: read_labelled(name, cfg))
     if cfg.name in assets.DATASETS:
-        pool, builtin_test = read_builtin(cfg.name), read_builtin_test(cfg.name)
-        modality = assets.DATASETS[cfg.name].modality
+        modality, builtin_test = assets.DATASETS[cfg.name].modality, read_builtin_test(cfg.name)
     elif Path(cfg.name).suffix.lower() in TABLE_SUFFIXES or Path(cfg.name).exists():
-        pool = read_labelled(cfg.name, cfg.text_column, cfg.label_column)
-        modality = "image" if is_image_folder(cfg.name) else "text"
+        modality, builtin_test = ("image" if is_image_folder(cfg.name) else "text"), None
     else:
         known = ", ".join(assets.DATASETS)
         raise UserError(
             f"dataset '{cfg.name}' is neither a built-in name ({known}) nor a CSV / JSONL file or image folder; check the name"
         )
-
-    read = lambda p: read_labelled(p, cfg.text_column, cfg.label_column)  # noqa: E731
+    pool = read(cfg.name)
     saved = saved_splits(cfg.name) if modality == "text" else {}  # a saved DatasetDict brings its own splits
-    validation = read(cfg.validation) if cfg.validation else _saved_split(saved, "validation", cfg)
-    test = read(cfg.test) if cfg.test else (_saved_split(saved, "test", cfg) or builtin_test)
+    validation = read(cfg.validation) if cfg.validation else _saved_split(saved, "validation", read)
+    test = read(cfg.test) if cfg.test else (_saved_split(saved, "test", read) or builtin_test)
     skipped = [path for examples in (pool, validation, test) if examples is not None for path in examples.skipped]
     fractions = {}
     if test is None:
         fractions["test"] = cfg.test_fraction
     if validation is None:
         fractions["validation"] = cfg.validation_fraction
-    parts = stratified_split(pool.labels, fractions, seed)
+    parts = stratified_split(pool.labels, fractions, seed) if stratify else random_split(len(pool), fractions, seed, cfg.name)
     train = pool.subset(parts.pop("train"))
     validation = pool.subset(parts["validation"]) if validation is None else validation
     test = pool.subset(parts["test"]) if test is None else test
 
+    subset = stratified_subset if stratify else lambda labels, size, seed, key="data.train_size": random_subset(len(labels), size, seed)
     if cfg.train_size is not None:
-        train = train.subset(stratified_subset(train.labels, cfg.train_size, seed))
-    # Held-out subsets with a fixed seed: runs with different train.seed compare on the same images.
+        train = train.subset(subset(train.labels, cfg.train_size, seed))
+    # Held-out subsets with a fixed seed: runs with different train.seed compare on the same examples.
     if cfg.validation_size is not None:
-        validation = validation.subset(stratified_subset(validation.labels, cfg.validation_size, 0, "data.validation_size"))
+        validation = validation.subset(subset(validation.labels, cfg.validation_size, 0, "data.validation_size"))
     if cfg.test_size is not None:
-        test = test.subset(stratified_subset(test.labels, cfg.test_size, 0, "data.test_size"))
-    label_names = sort_labels(set(train.labels))
-    for split_name, split in (("validation", validation), ("test", test)):
-        unseen = sorted(set(split.labels) - set(label_names))
-        if unseen:
-            raise UserError(
-                f"label '{unseen[0]}' is in the {split_name} data but never in training; "
-                f"add training examples of it or remove it from the {split_name} data"
-            )
-    if len(label_names) < 2:
-        raise UserError(f"the training data has a single label ('{label_names[0]}'); a classifier needs at least two")
+        test = test.subset(subset(test.labels, cfg.test_size, 0, "data.test_size"))
+    label_names = sort_labels(set(train.labels)) if stratify else []
+    if stratify:
+        for split_name, split in (("validation", validation), ("test", test)):
+            unseen = sorted(set(split.labels) - set(label_names))
+            if unseen:
+                raise UserError(
+                    f"label '{unseen[0]}' is in the {split_name} data but never in training; "
+                    f"add training examples of it or remove it from the {split_name} data"
+                )
+        if len(label_names) < 2:
+            raise UserError(f"the training data has a single label ('{label_names[0]}'); a classifier needs at least two")
     return Splits(train, validation, test, label_names, modality, skipped)
 
 
-def _saved_split(saved: dict, name: str, cfg) -> Examples | None:
-    if name not in saved:
-        return None
-    texts, source = texts_of(saved[name], cfg.text_column)
-    return Examples(texts, labels_of(saved[name], cfg.label_column), source=source)
+def _saved_split(saved: dict, name: str, read) -> Examples | None:
+    return read(saved[name]) if name in saved else None
 
 
 def load_generation_splits(cfg, seed: int) -> Splits:
     """Generation examples (no labels) split at random with `seed`, or the user's own files."""
     from .generation import read_generation
 
-    read = lambda p: read_generation(p, cfg.text_column)  # noqa: E731
-    pool = read(cfg.name)
-    validation = read(cfg.validation) if cfg.validation else None
-    test = read(cfg.test) if cfg.test else None
-    order = list(range(len(pool)))
+    def read(name):
+        examples = read_generation(name, cfg.text_column)
+        return Examples(examples.inputs, [None] * len(examples))  # nothing to stratify by
+
+    splits = load_splits(cfg, seed, read=read, stratify=False)
+    for part in (splits.train, splits.validation, splits.test):
+        part.labels = None
+    return splits
+
+
+def random_split(n: int, fractions: dict[str, float], seed: int, name: str = "the data") -> dict[str, list[int]]:
+    """Indices for 'train' and each named held-out part, drawn at random with `seed`."""
+    order = list(range(n))
     random.Random(seed).shuffle(order)
-    take = {name: (0 if held is not None else max(1, round(len(pool) * fraction)))
-            for name, held, fraction in (("validation", validation, cfg.validation_fraction), ("test", test, cfg.test_fraction))}
-    if len(pool) <= take["validation"] + take["test"]:
-        raise UserError(f"'{cfg.name}' holds {len(pool)} example(s), too few to split off validation and test; give more or pass --validation/--test files")
-    validation = pool.subset(sorted(order[: take["validation"]])) if validation is None else validation
-    test = pool.subset(sorted(order[take["validation"] : take["validation"] + take["test"]])) if test is None else test
-    train = pool.subset(sorted(order[take["validation"] + take["test"] :]))
-    rng = random.Random(seed)
-    sizes = (("train", cfg.train_size, rng), ("validation", cfg.validation_size, random.Random(0)), ("test", cfg.test_size, random.Random(0)))
-    parts = {"train": train, "validation": validation, "test": test}
-    for name, size, r in sizes:
-        if size is not None and size < len(parts[name]):
-            parts[name] = parts[name].subset(sorted(r.sample(range(len(parts[name])), size)))
-    return Splits(parts["train"], parts["validation"], parts["test"], [], "text")
+    take = {part: max(1, round(n * fraction)) for part, fraction in fractions.items()}
+    if n <= sum(take.values()):
+        raise UserError(f"'{name}' holds {n} example(s), too few to split off validation and test; give more or pass --validation/--test files")
+    parts, start = {}, 0
+    for part in fractions:
+        parts[part] = sorted(order[start : start + take[part]])
+        start += take[part]
+    return {"train": sorted(order[start:]), **parts}
+
+
+def random_subset(n: int, size: int, seed: int) -> list[int]:
+    return list(range(n)) if size >= n else sorted(random.Random(seed).sample(range(n), size))
 
 
 def stratified_split(labels: list[str], fractions: dict[str, float], seed: int) -> dict[str, list[int]]:

@@ -317,17 +317,13 @@ def _read_saved(path: Path) -> Table:
     return Table(rows, path, f"{rows._fingerprint}:{path.resolve()}")
 
 
-def saved_splits(path: str | Path) -> dict[str, Table]:
-    """The 'validation' and 'test' splits of a saved DatasetDict, where it has them."""
-    import datasets
-
+def saved_splits(path: str | Path) -> dict[str, str]:
+    """The 'validation' and 'test' splits of a saved DatasetDict, where it has them: each is a folder
+    that `read_table` reads on its own."""
     path = Path(path)
     if not (path.is_dir() and (path / "dataset_dict.json").is_file()):
         return {}
-    quiet_datasets()
-    splits = datasets.load_from_disk(str(path))
-    return {name: Table(splits[name], path / name, f"{splits[name]._fingerprint}:{path.resolve()}/{name}")
-            for name in ("validation", "test") if name in splits}  # fmt: skip
+    return {name: str(path / name) for name in ("validation", "test") if _is_saved_dataset(path / name)}
 
 
 # --- from rows to examples -------------------------------------------------------------------------
@@ -427,13 +423,17 @@ def table_rows(table: Table) -> Iterator[tuple[str, dict]]:
         yield table.where(i), row
 
 
-def read_texts(path: str | Path, text_column: str) -> Examples:
-    """Unlabelled texts (for `predict`), one per row."""
+def read_texts(path: str | Path, text_column: str, pair_column: str | None = None) -> Examples:
+    """Unlabelled texts (for `predict`), one per row, with the second text of each pair for a pair model."""
     table = read_table(path)
     if not len(table.rows):
         raise UserError(f"input file '{path}' holds no rows; give at least one")
     texts, source = texts_of(table, text_column, role="input")
-    return Examples(texts, None, source=source)
+    pairs = None
+    if pair_column is not None:
+        pairs, _ = texts_of(table, pair_column, "--pair-column", role="input")
+        source = TextSource(source.rows, source.column, f"{source.fingerprint}:{pair_column}", pair_column)
+    return Examples(texts, None, source=source, pairs=pairs)
 
 
 # --- small helpers ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from .examples import Examples, TextSource
 from .tables import quiet_datasets
 
-FORMAT = 1  # bump when what is stored changes
+FORMAT = 2  # bump when what is stored changes
 
 
 class TokenItems(torch.utils.data.Dataset):
@@ -29,6 +29,8 @@ class TokenItems(torch.utils.data.Dataset):
     def __init__(self, tokens, labels: list | None):
         self.tokens, self.labels = tokens, labels
         self.lengths = list(tokens["length"])
+        # A pair's segment ids (0 for the first text, 1 for the second), where the tokenizer makes them.
+        self.columns = [c for c in ("input_ids", "token_type_ids") if c in tokens.column_names]
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -37,17 +39,25 @@ class TokenItems(torch.utils.data.Dataset):
         return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
-        ids = self.tokens[indices]["input_ids"]
-        if self.labels is None:
-            return [{"input_ids": x} for x in ids]
-        return [{"input_ids": x, "labels": self.labels[i]} for x, i in zip(ids, indices)]
+        batch = self.tokens[indices]
+        items = [{c: batch[c][j] for c in self.columns} for j in range(len(indices))]
+        if self.labels is not None:
+            for item, i in zip(items, indices):
+                item["labels"] = self.labels[i]
+        return items
 
 
 def token_items(examples: Examples, tokenizer, max_length: int, labels: list | None, note=lambda message: None) -> TokenItems | list[dict]:
     """Token ids of `examples` (cached when they come from a table) with `labels` (indices), in order."""
     if examples.source is None:
-        ids = tokenizer(list(examples.inputs), truncation=True, max_length=max_length)["input_ids"]
-        return [{"input_ids": x} | ({} if labels is None else {"labels": y}) for x, y in zip(ids, labels or [None] * len(ids))]
+        pairs = None if examples.pairs is None else list(examples.pairs)
+        # A pair is truncated longest first: the longer text gives up tokens until both fit.
+        encoded = tokenizer(list(examples.inputs), pairs, truncation=True, max_length=max_length)
+        keys = [k for k in ("input_ids", "token_type_ids") if k in encoded and (k == "input_ids" or pairs is not None)]
+        items = [{k: encoded[k][i] for k in keys} for i in range(len(encoded["input_ids"]))]
+        for item, y in zip(items, labels or []):
+            item["labels"] = y
+        return items
     tokens = cached_tokens(examples.source, tokenizer, max_length, note)
     if examples.indices is not None:
         tokens = tokens.select(examples.indices)
@@ -59,19 +69,25 @@ def cached_tokens(source: TextSource, tokenizer, max_length: int, note=lambda me
     from ..models.causal import cache_dir
 
     quiet_datasets()
-    key = hashlib.sha256(json.dumps([FORMAT, source.fingerprint, tokenizer_fingerprint(tokenizer), max_length]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([FORMAT, source.fingerprint, source.column, source.pair_column, tokenizer_fingerprint(tokenizer),
+                                     max_length]).encode()).hexdigest()  # fmt: skip
     path = cache_dir() / "tokens" / f"{key[:32]}.arrow"
     path.parent.mkdir(parents=True, exist_ok=True)
     hit = path.is_file()
-    rows = source.rows.select_columns([source.column])
+    columns = [source.column] + ([source.pair_column] if source.pair_column else [])
+    rows = source.rows.select_columns(columns)
 
     def tokenize(batch: dict) -> dict:
-        ids = tokenizer(batch[source.column], truncation=True, max_length=max_length)["input_ids"]
-        return {"input_ids": ids, "length": [len(x) for x in ids]}
+        pairs = batch[source.pair_column] if source.pair_column else None
+        encoded = tokenizer(batch[source.column], pairs, truncation=True, max_length=max_length)
+        out = {"input_ids": encoded["input_ids"], "length": [len(x) for x in encoded["input_ids"]]}
+        if pairs is not None and "token_type_ids" in encoded:  # which tokens are the second text's
+            out["token_type_ids"] = encoded["token_type_ids"]
+        return out
 
     if key in _OPENED:  # the validation and test splits of a table already read for training
         return _OPENED[key]
-    tokens = rows.map(tokenize, batched=True, batch_size=1000, remove_columns=[source.column],
+    tokens = rows.map(tokenize, batched=True, batch_size=1000, remove_columns=columns,
                       cache_file_name=str(path), new_fingerprint=key[:32], load_from_cache_file=True)  # fmt: skip
     note(f"tokens of {len(rows):,} texts {'read from the cache' if hit else 'computed and cached'} ({path.parent})")
     _OPENED[key] = tokens

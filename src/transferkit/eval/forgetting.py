@@ -158,6 +158,11 @@ FORGETTING = {"causal": lambda model, cfg, accelerator, precision: CausalForgett
               "encoder": lambda model, cfg, accelerator, precision: EncoderForgetting(model, cfg, accelerator, probe_splits(cfg))}  # fmt: skip
 
 
+def can_measure(model) -> bool:
+    """Whether forgetting has a measure for this kind of model (text models: yes; image networks: not yet)."""
+    return model.kind in FORGETTING
+
+
 def start_forgetting(cfg, model, accelerator, precision: str, progress):
     """Measure general ability before any stage changes the model; None without forgetting.corpus."""
     if not cfg.forgetting.corpus:

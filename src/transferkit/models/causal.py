@@ -158,6 +158,7 @@ class CausalLM(nn.Module):
     kind = "causal"
     peft_task_type = TaskType.CAUSAL_LM
     modality = "text"
+    reads_pairs = False  # (text, text_pair) inputs, tokenized as a pair
     lora_targets = "all-linear"  # peft leaves the output layer out of all-linear
     head = Head((), None)  # no new head: the pre-trained LM head answers
     can_split = False  # nothing to train on cached features: the LM head reads every position
@@ -185,11 +186,11 @@ class CausalLM(nn.Module):
     def context_length(self) -> int:
         return getattr(self.hf.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
 
-    def read_inputs(self, path: str | None, text: str | None, column: str):
+    def read_inputs(self, path: str | None, text: str | None, column: str, pair: str | None = None, pair_column: str | None = None):
         """What `predict` reads for this model (data/inputs.py)."""
         from ..data.inputs import text_inputs
 
-        return text_inputs(path, text, column)
+        return text_inputs(path, text, column, pair, pair_column)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         logits = self.hf(input_ids=input_ids, attention_mask=attention_mask).logits

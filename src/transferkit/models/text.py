@@ -61,6 +61,7 @@ class TextClassifier(nn.Module):
     kind = "encoder"
     peft_task_type = TaskType.SEQ_CLS
     modality = "text"
+    reads_pairs = True  # (text, text_pair) inputs, tokenized as a pair
     lora_targets = "all-linear"  # every linear layer of attention and MLP
 
     def __init__(self, hf: nn.Module, tokenizer, max_length: int = 512):
@@ -104,12 +105,15 @@ class TextClassifier(nn.Module):
     def save(self, folder: Path) -> None:
         """A Hugging Face model folder, or a PEFT adapter folder (adapter + trained head).
 
-        Weights go out as safetensors. The label names travel in the model config (id2label)
-        and, for adapters, in labels.json, since an adapter folder has no base-model config.
+        Weights go out as safetensors. The label names (and the head's problem_type) travel in the
+        model config and, for adapters, in labels.json and head.json, since an adapter folder has no
+        base-model config.
         """
         self.hf.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
         (folder / "labels.json").write_text(json.dumps(self.label_names))
+        head = {"labels": self.label_names, "problem_type": self.hf.config.problem_type}
+        (folder / HEAD_FILE).write_text(json.dumps(head, indent=2))
 
     @property
     def config(self):
@@ -134,19 +138,21 @@ class TextClassifier(nn.Module):
             raise UserError(self.why_no_split())
         return HEADS[self.model_type]
 
-    def read_inputs(self, path: str | None, text: str | None, column: str):
+    def read_inputs(self, path: str | None, text: str | None, column: str, pair: str | None = None, pair_column: str | None = None):
         """What `predict` reads for this model (data/inputs.py)."""
         from ..data.inputs import text_inputs
 
-        return text_inputs(path, text, column)
+        return text_inputs(path, text, column, pair, pair_column)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, num_labels)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.hf(input_ids=input_ids, attention_mask=attention_mask, **segments).logits  # (B, num_labels)
 
-    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden state of the first token, the input of every head in HEADS: (B, C)."""
         backbone = getattr(self.hf, self.hf.base_model_prefix)
-        return backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+        segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return backbone(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state[:, 0]
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head.forward(self.hf, features)
@@ -157,6 +163,9 @@ class TextClassifier(nn.Module):
             for name, p in self.hf.named_parameters()
             if any(name == m or name.startswith(m + ".") for m in self.head.modules)
         ]
+
+
+HEAD_FILE = "head.json"  # adapter folders: the head's label names and problem_type
 
 
 def quiet_transformers() -> None:
@@ -195,15 +204,19 @@ def load_text_classifier(
     max_length = choose_max_length(config, max_length, path)
     quiet_transformers()
     tokenizer = load_tokenizer(path, trust_remote_code)
+    # The head as the task asks for it. A folder fine-tuned before may say another problem_type, which
+    # transformers would check the new label count against: cleared first, then set.
+    config.problem_type = None
+    config.num_labels = len(label_names)
+    config.id2label, config.label2id = dict(enumerate(label_names)), {name: i for i, name in enumerate(label_names)}
+    config.problem_type = problem_type
+    for key, value in attention_dropout(path, attention_dropout_p, trust_remote_code).items():
+        setattr(config, key, value)
     hf = load_pretrained(
         AutoModelForSequenceClassification,
         path,
         head=HEADS[config.model_type].modules if config.model_type in HEADS else (),
-        **attention_dropout(path, attention_dropout_p, trust_remote_code),
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={name: i for i, name in enumerate(label_names)},
-        problem_type=problem_type,
+        config=config,
         ignore_mismatched_sizes=True,  # a folder fine-tuned earlier may carry a head of another size
         trust_remote_code=trust_remote_code,
     )
@@ -298,16 +311,16 @@ def load_saved(model_dir: Path) -> TextClassifier:
     if adapter_config.is_file():
         from peft import PeftModel
 
-        labels = json.loads((model_dir / "labels.json").read_text())
-        base_path = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        base = AutoModelForSequenceClassification.from_pretrained(
-            base_path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            ignore_mismatched_sizes=True,
-            dtype=torch.float32,
-        )
+        head = model_dir / HEAD_FILE  # folders saved before head.json existed: labels.json, single-label
+        head = json.loads(head.read_text()) if head.is_file() else {"labels": json.loads((model_dir / "labels.json").read_text())}
+        labels = head["labels"]
+        base_path = Path(json.loads(adapter_config.read_text())["base_model_name_or_path"])
+        config = AutoConfig.from_pretrained(base_path)
+        config.problem_type = None  # see load_text_classifier: cleared, then set to the head's own
+        config.num_labels = len(labels)
+        config.id2label, config.label2id = dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
+        config.problem_type = head.get("problem_type") or "single_label_classification"
+        base = AutoModelForSequenceClassification.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True, dtype=torch.float32)
         base.config.pad_token_id = tokenizer.pad_token_id
         hf = PeftModel.from_pretrained(base, model_dir)
     else:

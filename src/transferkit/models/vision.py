@@ -103,6 +103,7 @@ class ImageClassifier(nn.Module):
     kind = "image"
     peft_task_type = None  # peft wraps the network as a plain module
     modality = "image"
+    reads_pairs = False  # (text, text_pair) inputs, tokenized as a pair
     pad_id = 0  # images are never padded
 
     def __init__(self, net: nn.Module, config: ImageConfig):
@@ -129,11 +130,11 @@ class ImageClassifier(nn.Module):
     def lora_targets(self) -> list[str]:
         return list(self.net.lora_targets)
 
-    def read_inputs(self, path: str | None, text: str | None, column: str):
+    def read_inputs(self, path: str | None, text: str | None, column: str, pair: str | None = None, pair_column: str | None = None):
         """What `predict` reads for this model (data/inputs.py)."""
         from ..data.inputs import image_inputs
 
-        return image_inputs(path, text, column)
+        return image_inputs(path, text, column, pair, pair_column)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.net(pixel_values)  # (B, num_labels)

@@ -48,6 +48,10 @@ class Architecture:
     model_type: str
     kind: str
     """"encoder" (BERT-like, post-LN) or "decoder" (pre-norm, causal)."""
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.kind == "decoder"
     hidden: int
     layers: int
     heads: int

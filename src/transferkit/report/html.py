@@ -114,9 +114,10 @@ def run_report(metrics: dict, records: list[dict], config_text: str) -> str:
           f"{metrics['train_seconds']:.1f}", f"{metrics['peak_rss_mb']:.0f}", f"{metrics['model_size_mb']:.1f}"]],
     )  # fmt: skip
     sections = ["<h2>Result</h2>", summary]
-    if "per_class" in test:
-        sections.append(table(["class", "precision", "recall", "F1", "support"],
-                              [[n, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]] for n, m in test["per_class"].items()]))
+    per_label = test.get("per_class") or test.get("per_label")
+    if per_label:
+        sections.append(table(["class" if "per_class" in test else "label", "precision", "recall", "F1", "support"],
+                              [[n, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]] for n, m in per_label.items()]))
     if "per_target" in test:
         keys = list(next(iter(test["per_target"].values())))
         sections.append(table(["target", *keys], [[n, *[f"{m[k]:.4f}" for k in keys]] for n, m in test["per_target"].items()]))

@@ -13,11 +13,15 @@ from ..errors import UserError
 from .base import TASK_FILE, Context, Task, write_task_file
 from .classify import Classification
 from .generate import Generation, LanguageModeling
+from .multilabel import MultiLabel
+from .regress import Regression
 from .verbalise import VerbaliserClassification
 
 # (model kind, task name) -> factory(cfg) -> Task
 TASKS = {
     ("encoder", "classify"): lambda cfg: Classification(),
+    ("encoder", "regress"): Regression,
+    ("encoder", "multilabel"): MultiLabel,
     ("image", "classify"): lambda cfg: Classification(),
     ("causal", "classify"): VerbaliserClassification,
     ("causal", "generate"): Generation,
@@ -25,13 +29,16 @@ TASKS = {
 
 KIND_WORDS = {"encoder": "a text encoder", "causal": "a causal language model", "image": "an image network"}
 
-__all__ = ["Classification", "Context", "Generation", "LanguageModeling", "TASKS", "Task", "VerbaliserClassification", "make",
-           "saved", "write_task_file"]  # fmt: skip
+__all__ = ["Classification", "Context", "Generation", "LanguageModeling", "MultiLabel", "Regression", "TASKS", "Task",
+           "VerbaliserClassification", "make", "saved", "write_task_file"]  # fmt: skip
 
 
 def make(kind: str, cfg) -> Task:
-    """The task `cfg.task` names, for a model of `kind`."""
+    """The task `cfg.task` names (a built-in dataset's own when it names none), for a model of `kind`."""
+    cfg = cfg.with_dataset_defaults()
     name = cfg.task.name
+    if name not in {n for _, n in TASKS}:
+        raise UserError(f"unknown task '{name}'; choose one of: {', '.join(dict.fromkeys(n for _, n in TASKS))}")
     if (kind, name) not in TASKS:
         fits = [k for k, n in TASKS if n == name]
         has = sorted({n for k, n in TASKS if k == kind})

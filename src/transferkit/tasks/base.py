@@ -72,6 +72,9 @@ class Task(Protocol):
         """Choices made on the validation split once training is over (multi-label thresholds); returns
         what to record in metrics.json."""
 
+    def read_file(self, path: str, data):
+        """The examples of one labelled file (for `evaluate --data`), read as the training data was."""
+
     def test(self, model, examples, items, ctx: Context) -> tuple[dict, dict]:
         """(test metrics, extra figures for metrics.json)."""
 
@@ -80,6 +83,9 @@ class Task(Protocol):
 
     def describe(self, metrics: dict) -> tuple[str, str | None]:
         """The test result for the terminal's summary line, and a detail for its parentheses."""
+
+    def before_save(self, model) -> None:
+        """Make the model's own folder predict as the task does (regression folds its target scaling into the head)."""
 
     def state(self) -> dict:
         """What task.json keeps, for `restore`."""

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.splits import load_splits
+from ..errors import UserError
 from ..eval.metrics import classification_metrics
 from .sequence import outputs, test_on_items
 
@@ -32,7 +33,9 @@ class Classification:
         """Labelled examples of one file (for `evaluate --data`), read as the training data was."""
         from ..data.splits import read_labelled
 
-        return read_labelled(path, data.text_column, data.label_column)
+        examples = read_labelled(path, data)
+        check_known(examples.labels, self.label_names, path)
+        return examples
 
     def head_config(self) -> dict:
         return {"labels": self.label_names, "problem_type": "single_label_classification"}
@@ -86,8 +89,18 @@ class Classification:
     def describe(self, m: dict) -> tuple[str, str | None]:
         return f"test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}", f"{m['examples']} test examples"
 
+    def before_save(self, model) -> None:
+        pass
+
     def state(self) -> dict:
         return {"labels": self.label_names}
 
     def restore(self, state: dict) -> None:
         self.label_names = list(state["labels"])
+
+
+def check_known(labels: list[str], known: list[str], path: str) -> None:
+    """Refuse labels a trained model never saw: it has no output for them."""
+    unknown = sorted(set(labels) - set(known))
+    if unknown:
+        raise UserError(f"label '{unknown[0]}' in '{path}' was never seen in training (the model knows: {', '.join(known)})")

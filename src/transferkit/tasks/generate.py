@@ -122,6 +122,9 @@ class Generation(LanguageModeling):
         match = f"  exact match {m['exact_match']:.4f} ({m['generated_examples']} answers)" if "exact_match" in m else ""
         return f"test loss {m['loss']:.4f}  perplexity {m['perplexity']:.2f}{match}", None
 
+    def before_save(self, model) -> None:
+        pass
+
     def state(self) -> dict:
         return {}
 

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import UserError
 from ..eval.metrics import classification_metrics
+from .classify import check_known
 from .generate import LanguageModeling
 
 
@@ -38,7 +39,9 @@ class VerbaliserClassification(LanguageModeling):
         """Labelled examples of one file (for `evaluate --data`), read as the training data was."""
         from ..data.splits import read_labelled
 
-        return read_labelled(path, data.text_column, data.label_column)
+        examples = read_labelled(path, data)
+        check_known(examples.labels, self.label_names, path)
+        return examples
 
     def head_config(self) -> dict:
         from ..models.causal import label_prompt
@@ -108,6 +111,9 @@ class VerbaliserClassification(LanguageModeling):
 
     def describe(self, m: dict) -> tuple[str, str | None]:
         return f"test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}", f"{m['examples']} test examples"
+
+    def before_save(self, model) -> None:
+        pass
 
     def state(self) -> dict:
         return {"labels": self.label_names, "content_free": self.content_free}

@@ -35,6 +35,6 @@ def cache_features(model: nn.Module, loader, accelerator, precision: str, progre
         with autocast(accelerator, precision):
             features = model.forward_features(**{k: v for k, v in batch.items() if k != "labels"})
         for row, label in zip(features.float().cpu(), batch["labels"].cpu()):
-            items.append({"features": row, "labels": int(label)})
+            items.append({"features": row, "labels": label})  # a class index, or target values
     model.train(was_training)
     return items
