@@ -21,7 +21,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from . import folders
+from . import folders, tracking
 from .config import RunConfig, load_config
 from .data.batching import make_loader
 from .data.splits import Splits, load_generation_splits, load_splits
@@ -156,7 +156,8 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
     train_cfg = cfg.train
     if causal and train_cfg.metric in ("accuracy", "macro_f1"):
         train_cfg = replace(train_cfg, metric="loss")  # a causal LM validates by its loss on the answers
-    accelerator = Accelerator()
+    accelerator = Accelerator(**tracking.accelerator_options(cfg.train.report_to, staging))
+    trackers = tracking.Trackers(accelerator, cfg)  # train.report_to: nothing when none
     precision = resolve_precision(cfg.train.precision, accelerator.device)
     model.to(accelerator.device)
     pad_id = model.pad_id
@@ -174,6 +175,7 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
     features, summary = None, {"stages": []}
     with open(staging / "metrics.jsonl", "w") as log_file:
         log = lambda record: log_file.write(json.dumps(record) + "\n") or log_file.flush()  # noqa: E731
+        log = trackers.feed(log)
         for stage in stages:
             stage.apply(model)
             if stage.cached and features is None:
@@ -242,6 +244,7 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
     from .report.html import run_report
 
     folders.write_text(staging / "report.html", run_report(staging))
+    trackers.finish(metrics)
     return metrics
 
 
