@@ -81,6 +81,9 @@ def compare(
             raise UserError(f"every run failed; the first said: {result.rows[0]['error']}")
         result.summary = summarise([row for row in result.rows if "error" not in row])
         folders.write_text(out / "compare.md", markdown_table(result.summary, [r for r in result.rows if "error" in r]))
+        from .card import comparison_card
+
+        folders.write_text(out / "README.md", comparison_card(result, base))
         from .report.html import comparison_report
 
         folders.write_text(out / "report.html", comparison_report(result, base))

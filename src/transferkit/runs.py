@@ -21,7 +21,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from . import folders, tracking
+from . import card, folders, tracking
 from .config import RunConfig, load_config
 from .data.batching import make_loader
 from .data.splits import Splits, load_generation_splits, load_splits
@@ -244,6 +244,7 @@ def _train_into(staging: Path, cfg: RunConfig, model, splits: Splits, stages, pr
     from .report.html import run_report
 
     folders.write_text(staging / "report.html", run_report(staging))
+    card.write_model_card(staging, cfg, metrics)
     trackers.finish(metrics)
     return metrics
 
