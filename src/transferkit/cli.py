@@ -36,6 +36,10 @@ EXAMPLES = {
   transferkit predict runs/sft-lora --prompt "Summarise: ..."       # a generation run answers a prompt
   transferkit predict runs/photos --input photo.jpg                 # an image run: one image ...
   transferkit predict runs/photos --input new-photos/ --output predictions.csv   # ... or a folder""",
+    "export": """examples:
+  transferkit export runs/bbc-news-lora --format merged --output exports/bbc-news   # a plain transformers folder
+  transferkit export runs/bbc-news-full --format onnx --output exports/bbc-news-onnx
+Each export is checked on the run's test split before it is kept (the largest probability difference is printed).""",
     "models": "example:\n  transferkit models            # then: transferkit train --model minilm-l6 ...",
     "datasets": "example:\n  transferkit datasets          # then: transferkit train --data bbc-news ...",
     "compare": """examples:
@@ -132,7 +136,8 @@ def cmd_predict(args) -> None:
     if args.prompt is not None:
         if args.input is not None or args.text is not None:
             raise UserError("give one of --prompt, --input or --text")
-        print(generate_text(args.run, args.prompt, args.max_new_tokens))
+        answer = generate_text(args.run, args.prompt, args.max_new_tokens, _device(args.device))
+        print(json.dumps({"prompt": args.prompt, "answer": answer}, ensure_ascii=False) if args.json else answer)
         return
     if (args.input is None) == (args.text is None):
         raise UserError("give either --input FILE or --text 'some text' (or --prompt for a generation run)")
@@ -140,13 +145,19 @@ def cmd_predict(args) -> None:
         if args.input is None:
             raise UserError("--output writes the rows of --input with their predictions; give --input FILE")
         check_output(Path(args.output), Path(args.input), args.overwrite)
+    _check_batch_and_json(args)
+    device = _device(args.device)
     model, cfg = load_run(args.run)
+    model.to(device)
     if model.modality == "image":
         return _predict_images(args, model)
     text_column = args.text_column or cfg.data.text_column
     texts = [args.text] if args.text is not None else read_texts(args.input, text_column).inputs
-    probs = predict_proba(model, texts)
+    probs = predict_proba(model, texts, args.batch_size)
     labels = model.label_names
+    if args.json:
+        print(_predictions_json("text", texts, probs, labels))
+        return
     best, index = probs.max(-1)
     predicted = [(labels[i], p) for i, p in zip(index.tolist(), best.tolist())]
     if args.text is not None:
@@ -293,7 +304,10 @@ def _predict_images(args, model) -> None:
         raise UserError(f"'{path}' is not an image file; give an image or a folder of images")
     else:
         raise UserError(f"input '{path}' does not exist; check the path")
-    probs = predict_proba(model, files)
+    probs = predict_proba(model, files, args.batch_size)
+    if args.json:
+        print(_predictions_json("path", [str(f) for f in files], probs, model.label_names))
+        return
     best, index = probs.max(-1)
     rows = [{"path": str(f), "predicted_label": model.label_names[i], "probability": round(p, 6)}
             for f, i, p in zip(files, index.tolist(), best.tolist())]  # fmt: skip
@@ -308,6 +322,38 @@ def _predict_images(args, model) -> None:
 
     write_predictions(Path(args.output), None, {key: [row[key] for row in rows] for key in rows[0]})
     print(f"wrote {len(rows)} predictions to {args.output} (columns path, predicted_label, probability){note}")
+
+
+def _check_batch_and_json(args) -> None:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    args.batch_size = args.batch_size or 32
+    if args.json and args.output is not None:
+        raise UserError("--json prints the predictions, --output writes them into a file (a .json one holds JSON); give one of them")
+
+
+def _device(name: str | None):
+    """The torch device --device names (default: the CPU), or a one-line error where it is not here."""
+    import torch
+
+    if name is None:
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device '{name}' is not a device; use cpu, cuda, cuda:1 or mps") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} visible); use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: no Apple GPU here; use --device cpu")
+    return device
+
+
+def _predictions_json(key: str, inputs: list[str], probs, labels: list[str]) -> str:
+    """One object per input, in input order: the input, the predicted label, its probability and every label's."""
+    rows = [{key: x, "predicted_label": labels[int(p.argmax())], "probability": round(float(p.max()), 6),
+             "probabilities": {label: round(float(q), 6) for label, q in zip(labels, p.tolist())}} for x, p in zip(inputs, probs)]  # fmt: skip
+    return json.dumps(rows, indent=2, ensure_ascii=False)
 
 
 def cmd_compare(args) -> int:
@@ -349,6 +395,16 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> None:
+    from .export import export
+
+    result = export(args.run, args.format, args.output, args.overwrite)
+    c = result.check
+    print(f"checked against the run on its {c.examples} {c.unit}: largest probability difference {c.max_difference:.2e}, "
+          f"identical predictions {c.identical}/{c.examples} ({100 * c.identical_share:.2f}%)")  # fmt: skip
+    print(f"exported {args.format} to {result.folder} (its README.md says how to load it)")
+
+
 def _positive_int(text: str, flag: str) -> int:
     try:
         value = int(text)
@@ -379,6 +435,7 @@ COMMANDS = {
     "predict": (cmd_predict, "label new texts or images, or answer a prompt, with a finished run's model"),
     "compare": (cmd_compare, "run several regimes on the same data and split, and measure what each costs and gives"),
     "plan": (cmd_plan, "memory of each regime from the model's config alone, and which regime suits your data"),
+    "export": (cmd_export, "write a run's model as a merged plain folder or ONNX, checked against the run's predictions"),
     "models": (cmd_models, "list the built-in models and whether each is installed"),
     "datasets": (cmd_datasets, "list the built-in datasets and whether each is installed"),
 }
@@ -455,6 +512,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "(.csv, .tsv, .jsonl, .json or .parquet; the input's own format keeps every byte of its rows)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--text-column", help="column with the text (default: the one used in training)")
+    p.add_argument("--batch-size", type=int, help="inputs per forward pass (default: 32; a causal LM sizes its own)")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON: per input, the label, its probability and every label's")
+
+    p = parsers["export"]
+    p.add_argument("run", help="a run folder written by 'transferkit train'")
+    p.add_argument("--format", required=True, choices=["merged", "onnx", "gguf"],
+                   help="merged: lora / prompt runs as a plain model folder; onnx: encoders and image models; "
+                   "gguf: not available (says why)")
+    p.add_argument("--output", required=True, help="the folder to write (new, or an earlier export with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
 
     p = parsers["plan"]
     p.add_argument("--model", default="minilm-l6", help="built-in name, model folder, config.json or .gguf file (only the config is read)")

@@ -54,11 +54,12 @@ def _failure(path: Path) -> str:
         return "it failed"
 
 
-def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int | None = None) -> str:
+def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int | None = None, device: torch.device | None = None) -> str:
     """The greedy answer of a finished generation run's model to `prompt` (through its chat template)."""
     from .eval.generation import generate
 
     model, cfg = load_run(run_dir)
+    model.to(device)
     if getattr(model, "task", None) != "generate":
         raise UserError(f"'{run_dir}' holds a classifier; --prompt is for generation runs, use --text to label a text")
     ids = model.prompt_tokens(model.chat_prompt(model.demo_turns() + [{"role": "user", "content": prompt}]))
@@ -92,9 +93,10 @@ def predict_proba(model, inputs: list, batch_size: int = 32) -> torch.Tensor:
     items = _Indexed(model.encode(Examples(inputs, None)))
     probs = torch.empty(len(inputs), len(model.label_names))
     model.eval()
+    device = next(model.parameters()).device
     for batch in make_loader(items, batch_size, shuffle=False, seed=0, pad_id=model.pad_id):
         index = batch.pop("index")
-        probs[index] = model(**batch).float().softmax(-1)
+        probs[index] = model(**{k: v.to(device) for k, v in batch.items()}).float().softmax(-1).cpu()
     return probs
 
 
