@@ -325,9 +325,8 @@ def _predict_images(args, model) -> None:
 
 
 def _check_batch_and_json(args) -> None:
-    if args.batch_size is not None and args.batch_size < 1:
+    if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    args.batch_size = args.batch_size or 32
     if args.json and args.output is not None:
         raise UserError("--json prints the predictions, --output writes them into a file (a .json one holds JSON); give one of them")
 
@@ -512,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(.csv, .tsv, .jsonl, .json or .parquet; the input's own format keeps every byte of its rows)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--text-column", help="column with the text (default: the one used in training)")
-    p.add_argument("--batch-size", type=int, help="inputs per forward pass (default: 32; a causal LM sizes its own)")
+    p.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass (default: 32; a causal LM sizes its own)")
     p.add_argument("--device", help="cpu (default), cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON: per input, the label, its probability and every label's")
 

@@ -353,7 +353,7 @@ def _torch_onnx_export(net, example: tuple, names: list[str], dims: dict, path: 
         raise UserError(f"ONNX export needs the onnx and onnxscript packages ({e}); install them with: pip install onnx onnxscript") from None
     except Exception as e:  # an operator the exporter cannot translate, and the like
         text = " ".join(str(e).split())[:200] or type(e).__name__
-        raise UserError(f"torch.onnx could not export this model ({text}); export --format merged instead") from None
+        raise UserError(f"torch.onnx could not export this model ({text}); serve the run's model folder with PyTorch instead") from None
     finally:
         onnx_logger.setLevel(level)
 
@@ -361,7 +361,8 @@ def _torch_onnx_export(net, example: tuple, names: list[str], dims: dict, path: 
 def _write_card(folder: Path, cfg, metrics: dict, run_dir: Path, output: Path, format: str, check: Check) -> None:
     from .card import model_card
 
-    what = "the LoRA updates merged into the weights (or the soft prompt folded into tokens)" if format == "merged" else "ONNX"
+    merged = {"lora": "the LoRA updates merged into the weights", "prompt": "the soft prompt folded into tokens the tokenizer puts first"}
+    what = "model.onnx for onnxruntime" if format == "onnx" else merged.get(cfg.regime, "a plain model folder")
     note = (f"Exported from the run `{run_dir.name}` by `transferkit export --format {format}` ({what}), and checked "
             f"on the run's test split before it was kept: on {check.examples} {check.unit}, the largest probability "
             f"difference from the run's own predictions is {check.max_difference:.2e} and "
