@@ -63,7 +63,7 @@ def model_card(cfg, metrics: dict, folder: Path, shown_path: Path, note: str = "
         _results(metrics),
         _forgetting(metrics.get("forgetting")),
         _costs(metrics),
-        "## Load it without transferkit\n\n" + load_lines(kind, str(shown_path), metrics),
+        "## Load it without transferkit\n\n" + load_lines(kind, str(shown_path)),
         _made_with(),
     ] if part)  # fmt: skip
     return str(ModelCard(f"---\n{metadata(cfg, metrics, kind).to_yaml()}\n---\n\n{text}\n"))
@@ -158,14 +158,14 @@ def _hyperparameters(cfg, kind: str) -> str:
     """The resolved values that decide the result: the model's, the training loop's and the regime's."""
     d = cfg.to_dict()
     image = kind in ("image", "onnx-image")
-    model = {k: v for k, v in d["model"].items() if v is not None and k != "name" and (image or k != "image_size")}
+    model = {"name": data_name(cfg.model.name)}  # a local folder: its name, not its path
+    model |= {k: v for k, v in d["model"].items() if v is not None and k != "name" and (image or k != "image_size")}
     shown = {"regime": d["regime"], "task": d["task"], "model": model, "train": d["train"]}
     if cfg.regime in d and d[cfg.regime]:
         shown[cfg.regime] = d[cfg.regime]
     for section in ("forgetting", "replay"):
         if d[section].get("corpus") or d[section].get("ratio"):
             shown[section] = d[section]
-    shown["model"] = {"name": data_name(cfg.model.name), **shown["model"]}  # a local folder: its name, not its path
     body = yaml.safe_dump(shown, sort_keys=False, allow_unicode=True).strip()
     return f"## Hyperparameters (as resolved)\n\n```yaml\n{body}\n```\n\nThe run folder's `config.yaml` holds every value; `transferkit train config.yaml` reruns it."
 
@@ -215,7 +215,7 @@ def _made_with() -> str:
     return f"## Made with\n\ntransferkit {v('transferkit')}, torch {v('torch')}, transformers {v('transformers')}, peft {v('peft')}."
 
 
-def load_lines(kind: str, folder: str, metrics: dict) -> str:
+def load_lines(kind: str, folder: str) -> str:
     """Python that loads the folder with the plain libraries, as a Markdown code block."""
     code = LOADERS[kind].replace("PREPROCESS", PREPROCESS).replace("FOLDER", json.dumps(folder))
     merge = "\n\n`transferkit export RUN --format merged --output DIR` writes the adapter merged into a plain model folder."
