@@ -168,5 +168,5 @@ def test_an_export_that_fails_its_check_leaves_nothing(runs, tmp_path, monkeypat
 
     monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # no export can pass: the check decides, not the writer
     with pytest.raises(UserError, match="does not predict what the run predicts"):
-        export_module.export(runs("full").dir, "onnx", tmp_path / "onnx")
+        export_module.export(runs("lora").dir, "merged", tmp_path / "merged")
     assert list(tmp_path.iterdir()) == []
