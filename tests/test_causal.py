@@ -167,6 +167,8 @@ def test_forgetting_zero_lr_reports_none_and_huge_lr_a_lot(tiny_llama, toy_chat_
     assert still.metrics["forgetting"]["general_perplexity_change"] == 0.0
     assert wild.metrics["forgetting"]["general_perplexity_change"] > 0.5
     assert "Forgetting" in (wild.dir / "report.html").read_text()
+    f = wild.metrics["forgetting"]  # and the model card says it
+    assert f"perplexity {f['general_perplexity_before']:.2f} -> {f['general_perplexity_after']:.2f}" in (wild.model_dir / "README.md").read_text()
 
 
 def test_encoder_forgetting_cka_and_probe(tiny_bert, toy_csv, general_text, tmp_path):
@@ -179,6 +181,7 @@ def test_encoder_forgetting_cka_and_probe(tiny_bert, toy_csv, general_text, tmp_
         assert f["probe_accuracy_change"] == 0
     # Full fine-tuning that learned the task moved the representations of general text.
     assert tuned.test_accuracy >= 0.9 and tuned.metrics["forgetting"]["representation_cka"] < 0.999
+    assert f"{tuned.metrics['forgetting']['representation_cka']:.4f} (1 = unchanged)" in (tuned.model_dir / "README.md").read_text()
 
 
 def test_replay_mixes_general_text_at_the_ratio(tiny_llama, toy_chat_file, general_text, tmp_path):

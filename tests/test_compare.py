@@ -51,6 +51,17 @@ def test_plan_reads_the_learning_curve_a_comparison_wrote(comparison):
     assert {p.train_size for p in points} == {12, comparison.rows[-1]["trained_examples"]} and all(0 <= p.accuracy <= 1 for p in points)
 
 
+def test_comparison_card_holds_the_table_and_hub_metadata(comparison):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(comparison.dir / "README.md")
+    assert {"transferkit", "comparison", "full", "freeze", "scratch"} <= set(card.data.tags)
+    assert card.data.datasets == ["toy.csv"]
+    table = (comparison.dir / "compare.md").read_text()
+    assert table in card.text  # the same table, row for row
+    assert all(Path(row["run"]).name in card.text for row in comparison.rows)
+
+
 def test_comparison_report_embeds_its_plots(comparison):
     page = (comparison.dir / "report.html").read_text()
     assert page.count("class='plot'") >= 4  # cost/quality, accuracy by size, learning curves, confusion

@@ -36,6 +36,10 @@ EXAMPLES = {
   transferkit predict runs/sft-lora --prompt "Summarise: ..."       # a generation run answers a prompt
   transferkit predict runs/photos --input photo.jpg                 # an image run: one image ...
   transferkit predict runs/photos --input new-photos/ --output predictions.csv   # ... or a folder""",
+    "export": """examples:
+  transferkit export runs/bbc-news-lora --format merged --output exports/bbc-news   # a plain transformers folder
+  transferkit export runs/bbc-news-full --format onnx --output exports/bbc-news-onnx
+Each export is checked on the run's test split before it is kept (the largest probability difference is printed).""",
     "models": "example:\n  transferkit models            # then: transferkit train --model minilm-l6 ...",
     "datasets": "example:\n  transferkit datasets          # then: transferkit train --data bbc-news ...",
     "compare": """examples:
@@ -122,7 +126,8 @@ def cmd_predict(args) -> None:
     if args.prompt is not None:
         if args.input is not None or args.text is not None:
             raise UserError("give one of --prompt, --input or --text")
-        print(generate_text(args.run, args.prompt, args.max_new_tokens))
+        answer = generate_text(args.run, args.prompt, args.max_new_tokens, _device(args.device))
+        print(json.dumps({"prompt": args.prompt, "answer": answer}, ensure_ascii=False) if args.json else answer)
         return
     if (args.input is None) == (args.text is None):
         raise UserError("give either --input FILE or --text 'some text' (or --prompt for a generation run)")
@@ -130,10 +135,18 @@ def cmd_predict(args) -> None:
         if args.input is None:
             raise UserError("--output writes the rows of --input with their predictions; give --input FILE")
         check_output(Path(args.output), Path(args.input), args.overwrite)
+    _check_batch_and_json(args)
+    device = _device(args.device)
     model, cfg = load_run(args.run)
+    model.to(device)
     inputs = model.read_inputs(args.input, args.text, args.text_column or cfg.data.text_column, args.pair,
                                args.pair_column or cfg.data.pair_column)
-    new = predict_columns(model, cfg, inputs.examples)
+    new = predict_columns(model, cfg, inputs.examples, args.batch_size, detail=args.json)
+    if args.json:
+        rows = [{inputs.key: x, **{name: column[i] for name, column in new.items()}} for i, x in enumerate(inputs.raw)]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    new = {name: column for name, column in new.items() if name != "probabilities"}
     note = f" (skipped {len(inputs.skipped)} files that are not images)" if inputs.skipped else ""
     if args.output is None:
         for i, shown in enumerate(inputs.shown):
@@ -264,6 +277,30 @@ def _domain_shift(model: str, texts: list[str]):
     return measure_shift(tokenizer, texts) if tokenizer.is_fast else None
 
 
+def _check_batch_and_json(args) -> None:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if args.json and args.output is not None:
+        raise UserError("--json prints the predictions, --output writes them into a file (a .json one holds JSON); give one of them")
+
+
+def _device(name: str | None):
+    """The torch device --device names (default: the CPU), or a one-line error where it is not here."""
+    import torch
+
+    if name is None:
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device '{name}' is not a device; use cpu, cuda, cuda:1 or mps") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"--device {name}: no such CUDA GPU here ({torch.cuda.device_count()} visible); use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: no Apple GPU here; use --device cpu")
+    return device
+
+
 def cmd_compare(args) -> int:
     from .compare import compare
     from .config import load_config
@@ -304,6 +341,16 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_export(args) -> None:
+    from .export import export
+
+    result = export(args.run, args.format, args.output, args.overwrite)
+    c = result.check
+    print(f"checked against the run on its {c.examples} {c.unit}: largest probability difference {c.max_difference:.2e}, "
+          f"identical predictions {c.identical}/{c.examples} ({100 * c.identical_share:.2f}%)")  # fmt: skip
+    print(f"exported {args.format} to {result.folder} (its README.md says how to load it)")
+
+
 def _positive_int(text: str, flag: str) -> int:
     try:
         value = int(text)
@@ -334,6 +381,7 @@ COMMANDS = {
     "predict": (cmd_predict, "label new texts or images, or answer a prompt, with a finished run's model"),
     "compare": (cmd_compare, "run several regimes on the same data and split, and measure what each costs and gives"),
     "plan": (cmd_plan, "memory of each regime from the model's config alone, and which regime suits your data"),
+    "export": (cmd_export, "write a run's model as a merged plain folder or ONNX, checked against the run's predictions"),
     "models": (cmd_models, "list the built-in models and whether each is installed"),
     "datasets": (cmd_datasets, "list the built-in datasets and whether each is installed"),
 }
@@ -418,6 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--text-column", help="column with the text (default: the one used in training)")
     p.add_argument("--pair-column", help="column with the second text of each pair (default: the one used in training)")
+    p.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass (default: 32; a causal LM sizes its own)")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON: per input, the label, its probability and every label's")
+
+    p = parsers["export"]
+    p.add_argument("run", help="a run folder written by 'transferkit train'")
+    p.add_argument("--format", required=True, choices=["merged", "onnx", "gguf"],
+                   help="merged: lora / prompt runs as a plain model folder; onnx: encoders and image models; "
+                   "gguf: not available (says why)")
+    p.add_argument("--output", required=True, help="the folder to write (new, or an earlier export with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
 
     p = parsers["plan"]
     p.add_argument("--model", default="minilm-l6", help="built-in name, model folder, config.json or .gguf file (only the config is read)")

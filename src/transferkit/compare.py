@@ -87,6 +87,9 @@ def compare(
         result.summary = summarise([row for row in result.rows if "error" not in row], task.headlines)
         result.quality, result.headlines = task.columns, list(task.headlines)
         folders.write_text(out / "compare.md", markdown_table(result.summary, task.columns, [r for r in result.rows if "error" in r]))
+        from .card import comparison_card
+
+        folders.write_text(out / "README.md", comparison_card(result, base))
         folders.write_text(out / "report.html", _report(result, base))
         folders.write_text(out / "compare.json", json.dumps({"rows": result.rows, "summary": result.summary}, indent=2))
     finally:

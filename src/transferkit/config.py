@@ -16,6 +16,7 @@ import yaml
 
 from .errors import UserError
 from .methods import REGIMES, freeze, icl, lora, prompt, scratch, staged
+from .tracking import check_names as check_trackers
 
 
 DEFAULT_MAX_LENGTH = 128  # tokens, where model.max_length is empty (or the model's context, if shorter)
@@ -126,8 +127,13 @@ class TrainConfig:
     l2sp: float = 0.0
     """Pull toward the pre-trained weights: adds l2sp * (w - w_pretrained) to each trainable weight's
     gradient (L2-SP, Li et al. 2018), a penalty against forgetting. 0: off."""
+    report_to: list[str] | None = None
+    """Experiment trackers that follow the run, through accelerate's: tensorboard (event files in the run
+    folder's tensorboard/), trackio, mlflow, wandb; several comma-separated. Empty or none: no tracker.
+    They get what metrics.jsonl gets, the resolved configuration and the final metrics."""
 
     def __post_init__(self):
+        check_trackers(self.report_to or [])
         if not 0 <= self.seed < 2**32:
             raise UserError(f"train.seed must be a whole number from 0 to 4294967295 (got {self.seed})")
         if self.lr is not None and not self.lr > 0:

@@ -28,7 +28,7 @@ CONFIG_HEADER = "# transferkit run configuration"
 COMPARISON_HEADER = "# transferkit comparison configuration"
 LOCK = ".lock"
 # What a run folder may hold: anything else in it is the user's and makes transferkit leave it alone.
-RUN_FILES = {"config.yaml", "metrics.json", "metrics.jsonl", "report.html", "model", "README.md", "failure.json", "features", LOCK}
+RUN_FILES = {"config.yaml", "metrics.json", "metrics.jsonl", "report.html", "model", "README.md", "failure.json", "features", "tensorboard", LOCK}
 COMPARISON_FILES = {"compare.yaml", "compare.md", "compare.json", "report.html", "README.md", LOCK}
 
 

@@ -52,21 +52,22 @@ def _failure(path: Path) -> str:
         return "it failed"
 
 
-def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int | None = None) -> str:
+def generate_text(run_dir: str | Path, prompt: str, max_new_tokens: int | None = None, device: torch.device | None = None) -> str:
     """The greedy answer of a finished generation run's model to `prompt` (through its chat template)."""
     model, cfg = load_run(run_dir)
+    model.to(device)
     if not hasattr(model.task, "answer"):
         raise UserError(f"'{run_dir}' holds a {model.task.name} model; --prompt is for generation runs, use --text or --input")
     return model.task.answer(model, [prompt], max_new_tokens or cfg.lm.max_new_tokens)[0]
 
 
-def predict_proba(model, inputs: list) -> torch.Tensor:
+def predict_proba(model, inputs: list, batch_size: int = 32) -> torch.Tensor:
     """Class probabilities (N, num_labels) in input order, in fp32 (as any plain load would compute them).
 
     `model` comes from `load_saved_model` / `load_run`; `inputs` are texts for a text model, image
     files or uint8 arrays for an image model.
     """
-    return model.task.probabilities(model, Examples(list(inputs), None))
+    return model.task.probabilities(model, Examples(list(inputs), None), batch_size)
 
 
 def predict(run_dir: str | Path, inputs: list) -> list[tuple[str, float]]:
@@ -76,9 +77,10 @@ def predict(run_dir: str | Path, inputs: list) -> list[tuple[str, float]]:
     return [(model.task.label_names[i], p) for i, p in zip(index.tolist(), best.tolist())]
 
 
-def predict_columns(model, cfg: RunConfig, examples: Examples) -> dict[str, list]:
-    """The columns `transferkit predict` adds for `examples`, as the run's task defines them."""
-    return model.task.predict(model, examples, Context(cfg, Accelerator(), "fp32", Progress()))
+def predict_columns(model, cfg: RunConfig, examples: Examples, batch_size: int = 32, detail: bool = False) -> dict[str, list]:
+    """The columns `transferkit predict` adds for `examples`, as the run's task defines them (with `detail`,
+    also every label's probability, for --json)."""
+    return model.task.predict(model, examples, Context(cfg, Accelerator(), "fp32", Progress(), batch_size), detail)
 
 
 def evaluate_file(run_dir: str | Path, path: str, text_column: str | None = None, label_column: str | None = None,

@@ -26,7 +26,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from . import folders, tasks
+from . import card, folders, tasks, tracking
 from .config import RunConfig, load_config
 from .data.batching import make_loader
 from .data.splits import Splits
@@ -171,7 +171,8 @@ def _train_into(staging: Path, cfg: RunConfig, model, task, regime, splits: Spli
     """Every stage through the loop, then test and save; returns the final metrics."""
     folders.write_text(staging / "config.yaml", f"{folders.CONFIG_HEADER}\n# every value as this run used it: rerun with transferkit train THIS_FILE\n"
                        + yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))  # fmt: skip
-    accelerator = Accelerator()
+    accelerator = Accelerator(**tracking.accelerator_options(cfg.train.report_to, staging))
+    trackers = tracking.Trackers(accelerator, cfg)  # train.report_to: nothing when none
     precision = resolve_precision(cfg.train.precision, accelerator.device)
     ctx = tasks.Context(cfg, accelerator, precision, progress)
     model.to(accelerator.device)
@@ -190,7 +191,8 @@ def _train_into(staging: Path, cfg: RunConfig, model, task, regime, splits: Spli
         hooks.extra_validation = general_validation(cfg, model, accelerator, precision)
     features, summary = None, {"stages": []}
     with open(staging / "metrics.jsonl", "w") as log_file:
-        hooks.log = lambda record: log_file.write(json.dumps(record) + "\n") or log_file.flush()
+        log = lambda record: log_file.write(json.dumps(record) + "\n") or log_file.flush()  # noqa: E731
+        hooks.log = trackers.feed(log)
         for stage in stages:
             stage.apply(model)
             if stage.cached and features is None:
@@ -236,6 +238,8 @@ def _train_into(staging: Path, cfg: RunConfig, model, task, regime, splits: Spli
     }
     folders.write_text(staging / "metrics.json", json.dumps(metrics, indent=2))
     folders.write_text(staging / "report.html", run_report(metrics, read_log(staging), (staging / "config.yaml").read_text()))
+    card.write_model_card(staging, cfg, metrics)
+    trackers.finish(metrics)
     return metrics
 
 

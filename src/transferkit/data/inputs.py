@@ -17,6 +17,13 @@ class Inputs:
     shown: list[str]
     """How each input is named on the terminal (the start of its text, or its file)."""
     skipped: list[str] = field(default_factory=list)
+    key: str = "text"
+    """What an input is called in `predict --json`: "text" or "path"."""
+
+    @property
+    def raw(self) -> list[str]:
+        """Each input as given: its whole text, or its file's path."""
+        return [str(x) for x in self.examples.inputs]
 
 
 def text_inputs(path: str | None, text: str | None, column: str, pair: str | None = None, pair_column: str | None = None) -> Inputs:
@@ -48,4 +55,4 @@ def image_inputs(path: str | None, text: str | None, column: str, pair: str | No
         raise UserError(f"'{path}' is not an image file; give an image or a folder of images")
     else:
         raise UserError(f"input '{path}' does not exist; check the path")
-    return Inputs(Examples(files, None), None, [str(f) for f in files], [str(p) for p in skipped])
+    return Inputs(Examples(files, None), None, [str(f) for f in files], [str(p) for p in skipped], key="path")

@@ -29,6 +29,8 @@ class Context:
     accelerator: object
     precision: str
     progress: object  # training.loop.Progress
+    batch_size: int = 32
+    """Inputs per forward pass when predicting."""
 
 
 class Task(Protocol):
@@ -78,8 +80,9 @@ class Task(Protocol):
     def test(self, model, examples, items, ctx: Context) -> tuple[dict, dict]:
         """(test metrics, extra figures for metrics.json)."""
 
-    def predict(self, model, examples, ctx: Context) -> dict[str, list]:
-        """The columns `transferkit predict` adds, one value per input, in input order."""
+    def predict(self, model, examples, ctx: Context, detail: bool = False) -> dict[str, list]:
+        """The columns `transferkit predict` adds, one value per input, in input order; `detail` adds
+        "probabilities" (every label's, as a dict per input) where the task has them."""
 
     def describe(self, metrics: dict) -> tuple[str, str | None]:
         """The test result for the terminal's summary line, and a detail for its parentheses."""

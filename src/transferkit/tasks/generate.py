@@ -114,7 +114,7 @@ class Generation(LanguageModeling):
         ids = [model.prompt_tokens(model.chat_prompt(model.demo_turns() + [{"role": "user", "content": p}])) for p in prompts]
         return generate(model, ids, max_new_tokens)
 
-    def predict(self, model, examples, ctx=None) -> dict[str, list]:
+    def predict(self, model, examples, ctx=None, detail: bool = False) -> dict[str, list]:
         max_new_tokens = ctx.cfg.lm.max_new_tokens if ctx is not None else 64
         return {"generated": self.answer(model, list(examples.inputs), max_new_tokens)}
 

@@ -125,11 +125,23 @@ class MultiLabel:
 
         return evaluate(model, eval_loader(items, model.pad_id), self, ctx.accelerator, "fp32"), {}
 
-    def probabilities(self, model, examples) -> torch.Tensor:
-        return outputs(model, model.encode(examples, None)).sigmoid()
+    def probabilities(self, model, examples, batch_size: int = 32) -> torch.Tensor:
+        return outputs(model, model.encode(examples, None), batch_size).sigmoid()
 
-    def predict(self, model, examples, ctx=None) -> dict[str, list]:
-        probabilities = self.probabilities(model, examples)
+    def scores(self, model, examples, batch_size: int = 32) -> torch.Tensor:
+        """What an export is checked against: each label's probability."""
+        return self.probabilities(model, examples, batch_size)
+
+    @staticmethod
+    def activation(logits: torch.Tensor) -> torch.Tensor:
+        return logits.sigmoid()
+
+    def same_predictions(self, a: torch.Tensor, b: torch.Tensor) -> int:
+        thresholds = torch.tensor(self.thresholds)
+        return int(((a >= thresholds) == (b >= thresholds)).all(-1).sum())
+
+    def predict(self, model, examples, ctx=None, detail: bool = False) -> dict[str, list]:
+        probabilities = self.probabilities(model, examples, ctx.batch_size if ctx is not None else 32)
         chosen = probabilities >= torch.tensor(self.thresholds)
         return {
             "predicted_labels": [self.separator.join(n for n, on in zip(self.label_names, row) if on) for row in chosen.tolist()],

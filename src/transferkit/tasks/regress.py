@@ -112,14 +112,26 @@ class Regression:
                             for k, name in enumerate(self.label_names)}  # fmt: skip
         return metrics, extra
 
-    def values(self, model, items) -> torch.Tensor:
+    def values(self, model, items, batch_size: int = 32) -> torch.Tensor:
         """Predicted values (N, K) in the data's units, in input order."""
-        raw = outputs(model, items).double()
+        raw = outputs(model, items, batch_size).double()
         raw = raw if raw.ndim == 2 else raw[:, None]
         return raw if self.folded else self.to_units(raw)
 
-    def predict(self, model, examples, ctx=None) -> dict[str, list]:
-        values = self.values(model, model.encode(examples, None))
+    def scores(self, model, examples, batch_size: int = 32) -> torch.Tensor:
+        """What an export is checked against: the predicted values, in the data's units."""
+        return self.values(model, model.encode(examples, None), batch_size).float()
+
+    @staticmethod
+    def activation(outputs: torch.Tensor) -> torch.Tensor:
+        return outputs if outputs.ndim == 2 else outputs[:, None]  # a saved folder outputs the data's units
+
+    @staticmethod
+    def same_predictions(a: torch.Tensor, b: torch.Tensor) -> int:
+        return int(((a - b).abs() <= 1e-4).all(-1).sum())
+
+    def predict(self, model, examples, ctx=None, detail: bool = False) -> dict[str, list]:
+        values = self.values(model, model.encode(examples, None), ctx.batch_size if ctx is not None else 32)
         if len(self.label_names) == 1:
             return {"predicted_value": [round(v, 6) for v in values[:, 0].tolist()]}
         return {f"predicted_{name}": [round(v, 6) for v in values[:, k].tolist()] for k, name in enumerate(self.label_names)}

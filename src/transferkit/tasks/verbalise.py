@@ -100,14 +100,31 @@ class VerbaliserClassification(LanguageModeling):
             confusion[index[truth], predicted] += 1
         return classification_metrics(confusion, self.label_names)
 
-    def probabilities(self, model, examples) -> torch.Tensor:
+    def probabilities(self, model, examples, batch_size: int = 32) -> torch.Tensor:
         from ..eval.causal import label_probabilities
 
         return label_probabilities(model, list(examples.inputs), self.content_free)
 
-    def predict(self, model, examples, ctx=None) -> dict[str, list]:
-        best, index = self.probabilities(model, examples).max(-1)
-        return {"predicted_label": [self.label_names[i] for i in index.tolist()], "probability": [round(p, 6) for p in best.tolist()]}
+    def scores(self, model, examples, batch_size: int = 32) -> torch.Tensor:
+        """What an export is checked against: the class probabilities."""
+        return self.probabilities(model, examples, batch_size)
+
+    @staticmethod
+    def activation(logits: torch.Tensor) -> torch.Tensor:
+        """The head's raw outputs (a plain load's logits) as `scores`."""
+        return logits.softmax(-1)
+
+    @staticmethod
+    def same_predictions(a: torch.Tensor, b: torch.Tensor) -> int:
+        return int((a.argmax(-1) == b.argmax(-1)).sum())
+
+    def predict(self, model, examples, ctx=None, detail: bool = False) -> dict[str, list]:
+        probabilities = self.probabilities(model, examples, ctx.batch_size if ctx is not None else 32)
+        best, index = probabilities.max(-1)
+        columns = {"predicted_label": [self.label_names[i] for i in index.tolist()], "probability": [round(p, 6) for p in best.tolist()]}
+        if detail:
+            columns["probabilities"] = [{n: round(p, 6) for n, p in zip(self.label_names, row)} for row in probabilities.tolist()]
+        return columns
 
     def describe(self, m: dict) -> tuple[str, str | None]:
         return f"test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}", f"{m['examples']} test examples"
