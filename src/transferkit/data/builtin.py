@@ -89,8 +89,8 @@ THEMES = {
     "phones": r"mobiles?|phones?|handsets?",
     "games": r"video games?|gaming|consoles?|playstation|xbox",
     "law": r"courts?|judges?|trials?|police|lawyers?|criminal",
-    "europe": r"europe\w*|brussels|\beu\b",
-    "america": r"america\w*|washington|\bus\b",
+    "europe": r"europe\w*|brussels|(?-i:EU)",
+    "america": r"america\w*|washington|(?-i:US)",  # "US" in capitals only: "us" is a pronoun
 }
 _THEME_PATTERNS = {name: re.compile(rf"\b(?:{pattern})\b", re.IGNORECASE) for name, pattern in THEMES.items()}
 

@@ -9,7 +9,17 @@ def format_metrics(metrics: dict) -> str:
     """Accuracy, macro-F1, a per-class table and the confusion matrix as text (or, for a language
     model, loss, perplexity and exact match)."""
     if "accuracy" not in metrics:
-        return "\n".join(f"{key:<20}{value:.4f}" if isinstance(value, float) else f"{key:<20}{value}" for key, value in metrics.items())
+        lines = [f"{key:<20}{value:.4f}" if isinstance(value, float) else f"{key:<20}{value}"
+                 for key, value in metrics.items() if not isinstance(value, dict)]  # fmt: skip
+        for key in ("per_target", "per_label"):  # regression targets, multi-label labels
+            rows = metrics.get(key) or {}
+            if rows:
+                columns = list(next(iter(rows.values())))
+                width = max(len(n) for n in [*rows, key])
+                lines += ["", f"{key.removeprefix('per_'):<{width}}  " + "  ".join(f"{c:>9}" for c in columns)]
+                lines += [f"{n:<{width}}  " + "  ".join(f"{v:9.4f}" if isinstance(v, float) else f"{v:>9}" for v in m.values())
+                          for n, m in rows.items()]  # fmt: skip
+        return "\n".join(lines)
     lines = [f"accuracy  {metrics['accuracy']:.4f}", f"macro-F1  {metrics['macro_f1']:.4f}", f"examples  {metrics['examples']}", ""]
     names = list(metrics["per_class"])
     width = max(len(n) for n in names + ["class"])
