@@ -60,7 +60,7 @@ def test_early_stopping_and_best_weights_restored():
     # after `patience` validations, and the initial weights (step 0) are the best.
     result = fit(model, make_loader(data, 8, True, 0), make_loader(data, 8, False, 0), Classification(["a", "b"]),
                  Accelerator(), Stage("train", None, lr=0.0, epochs=50, batch_size=8),
-                 train_cfg(**{"train.patience": 2, "train.eval_every_steps": 1, "train.metric": "loss"}), "fp32", Hooks(log=log.append))
+                 train_cfg(**{"train.patience": 2, "train.eval_every_steps": 1, "train.metric": "loss", "train.min_steps": 0}), "fp32", Hooks(log=log.append))
     assert result.stopped_early and result.steps == 2 and result.best_step == 0  # two without improvement
     assert torch.equal(model.layer.weight, initial)
     assert [r["step"] for r in log] == [1, 2] and all("val_loss" in r for r in log)
@@ -87,3 +87,13 @@ def test_fit_learns_a_separable_problem():
     result = fit(model, make_loader(data, 8, True, 0), make_loader(data, 64, False, 0), Classification(["a", "b"]),
                  Accelerator(), Stage("train", None, lr=0.05, epochs=10, batch_size=8), train_cfg(), "fp32")
     assert result.best_metrics["accuracy"] >= 0.95
+
+
+def test_patience_waits_for_min_steps():
+    """A run cannot stop before min_steps (by default a third of its steps), however flat the start."""
+    data = items(32)
+    torch.manual_seed(0)
+    result = fit(Linear(), make_loader(data, 8, True, 0), make_loader(data, 8, False, 0), Classification(["a", "b"]), Accelerator(),
+                 Stage("train", None, lr=0.0, epochs=6, batch_size=8), train_cfg(**{"train.patience": 1, "train.eval_every_steps": 1,
+                                                                                     "train.metric": "loss"}), "fp32")  # fmt: skip
+    assert result.stopped_early and result.steps == 24 // 3 + 1  # 24 steps planned: patience counts from step 9

@@ -42,6 +42,12 @@ EXAMPLES = {
 Each export is checked on the run's test split before it is kept (the largest probability difference is printed).""",
     "models": "example:\n  transferkit models            # then: transferkit train --model minilm-l6 ...",
     "datasets": "example:\n  transferkit datasets          # then: transferkit train --data bbc-news ...",
+    "tune": """examples:
+  transferkit tune --data reviews.csv --regime lora --trials 20          # then: transferkit train runs/tune-reviews-lora/best.yaml
+  transferkit tune --data bbc-news --regime lora --trials 20 --train-size 300 --minutes 20 --lr-find""",
+    "lr-find": """examples:
+  transferkit lr-find --data reviews.csv --regime lora     # prints the rate; the plot is in the report
+  transferkit train --data reviews.csv --regime lora train.lr=suggested   # or let train run the test first""",
     "compare": """examples:
   transferkit compare configs/bbc-news/compare.yaml --regimes full,freeze,lora,prompt,staged,scratch
   transferkit compare --model minilm-l6 --data reviews.csv --train-sizes 32,128,512,all --seeds 3""",
@@ -345,6 +351,60 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _run_flags(args) -> dict:
+    """The flags train, tune and lr-find share, as config keys (unset flags left out)."""
+    flags = {"model.name": args.model, "data.name": args.data, "data.text_column": args.text_column,
+             "data.label_column": args.label_column, "data.pair_column": args.pair_column, "task.name": args.task,
+             "regime": args.regime, "train.seed": args.seed}  # fmt: skip
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if getattr(args, "overwrite", False):
+        flags["overwrite"] = True
+    return flags
+
+
+def cmd_tune(args) -> None:
+    from .config import load_config
+    from .report.text import BarProgress
+    from .tune import tune
+
+    config_path, overrides = _split_config_args(args.config_and_overrides)
+    base = load_config(config_path, overrides, _run_flags(args))
+    trials = None if args.trials == 0 else args.trials
+    lr_centre = None
+    if args.lr_find:
+        from .runs import find_lr
+
+        lr_centre = find_lr(base, progress=BarProgress())[0].suggested
+        print(f"lr range test suggests {lr_centre:.3g}: the learning-rate range is centred there", flush=True)
+
+    def on_trial(row: dict) -> None:
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+        value = f"{row['value']:.4f}" if row["value"] is not None else "-"
+        why = f"  ({row['error']})" if row.get("error") else ""
+        seconds = f"{row['seconds']:.0f} s" if row.get("seconds") is not None else ""
+        print(f"[trial {row['number'] + 1}{'/' + str(trials) if trials else ''}] {row['state']:<8} {value:>7}  {seconds:>6}  {shown}{why}", flush=True)
+
+    search = tune(base, trials, args.minutes, args.output, args.train_size, lr_centre, on_trial, progress=BarProgress())
+    best = search.best
+    print(f"\nbest: trial {best['number'] + 1}, validation {search.metric} {best['value']:.4f}")
+    print(f"best settings: {search.dir / 'best.yaml'}  (transferkit train {search.dir / 'best.yaml'})")
+    print(f"trials: {search.dir / 'tune.md'}  report: {search.dir / 'report.html'}")
+
+
+def cmd_lr_find(args) -> None:
+    from .config import load_config
+    from .report.text import BarProgress
+    from .runs import find_lr
+
+    config_path, overrides = _split_config_args(args.config_and_overrides)
+    base = load_config(config_path, overrides, _run_flags(args))
+    output = args.output or str(Path("runs") / f"lr-find-{Path(base.data.name).stem}-{base.regime}")
+    result, cfg = find_lr(base, progress=BarProgress(), output=output)
+    print(f"suggested learning rate: {result.suggested:.3g}  (regime {cfg.regime}; {len(result.lrs)} steps, stopped: {result.stopped})")
+    print(f"use it: transferkit train ... train.lr={result.suggested:.3g}   or let train find it: train.lr=suggested")
+    print(f"plot: {Path(output) / 'report.html'}")
+
+
 def cmd_export(args) -> None:
     from .export import export
 
@@ -385,6 +445,8 @@ COMMANDS = {
     "predict": (cmd_predict, "label new texts or images, or answer a prompt, with a finished run's model"),
     "compare": (cmd_compare, "run several regimes on the same data and split, and measure what each costs and gives"),
     "plan": (cmd_plan, "memory of each regime from the model's config alone, and which regime suits your data"),
+    "tune": (cmd_tune, "search a regime's hyperparameters on the validation split (Optuna), and write the best as a config"),
+    "lr-find": (cmd_lr_find, "the learning-rate range test: a short run with a rising rate, and the rate it suggests"),
     "export": (cmd_export, "write a run's model as a merged plain folder or ONNX, checked against the run's predictions"),
     "models": (cmd_models, "list the built-in models and whether each is installed"),
     "datasets": (cmd_datasets, "list the built-in datasets and whether each is installed"),
@@ -449,6 +511,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="classify, regress or multilabel (default: a built-in dataset's own, else classify)")
     p.add_argument("--output", help="folder for the runs, the table and the report (default: runs/compare-<data>)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished comparison in that folder")
+
+    for name in ("tune", "lr-find"):
+        p = parsers[name]
+        p.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG.yaml] [section.key=value ...]",
+                       help="the base configuration, then overrides, as for train")
+        p.add_argument("--model", help="built-in model name or a local model folder")
+        p.add_argument("--data", help="built-in dataset name or a data file / image folder")
+        p.add_argument("--regime", help="the regime to search / test (default: full)")
+        p.add_argument("--text-column", help="column with the input text (default: text)")
+        p.add_argument("--label-column", help="column with the label (default: label)")
+        p.add_argument("--pair-column", help="column with the second text of a text pair")
+        p.add_argument("--task", help="classify, regress or multilabel (default: a built-in dataset's own, else classify)")
+        p.add_argument("--seed", type=int, help="seed of the split, the runs and the sampler (default: 0)")
+        p.add_argument("--overwrite", action="store_true", help="replace an earlier result in --output")
+    p = parsers["tune"]
+    p.add_argument("--trials", type=int, default=20, help="how many trials (default: 20; 0: as many as --minutes allows)")
+    p.add_argument("--minutes", type=float, help="stop starting trials after this many minutes")
+    p.add_argument("--train-size", type=int, help="trials train on this many examples (a stratified subset) to go faster; "
+                   "validation is always the whole validation split")
+    p.add_argument("--lr-find", action="store_true", help="run the lr range test first and centre the learning-rate range on its suggestion")
+    p.add_argument("--output", help="the search folder (default: runs/tune-<data>-<regime>)")
+    parsers["lr-find"].add_argument("--output", help="where the plot and the curve go (default: runs/lr-find-<data>-<regime>)")
 
     p = parsers["evaluate"]
     p.add_argument("run", help="a run folder written by 'transferkit train'")

@@ -94,8 +94,10 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    lr: float | None = None
-    """Peak learning rate. Empty: the regime's own default (each regime needs a different one)."""
+    _words = {"lr": ("suggested",)}  # words a key takes besides its type
+    lr: float | str | None = None
+    """Peak learning rate. Empty: the regime's own default (each regime needs a different one). suggested:
+    the rate an LR range test on the training split suggests (`transferkit lr-find`), found first."""
     epochs: int | None = None
     """Passes over the training data. Empty: the regime's own default."""
     max_steps: int | None = None
@@ -116,6 +118,9 @@ class TrainConfig:
     """Validate every N optimizer steps. Empty: once per epoch."""
     patience: int | None = 3
     """Stop after this many validations without improvement (empty: never stop early)."""
+    min_steps: int | None = None
+    """Validations before this many optimizer steps do not count toward patience, so that a run cannot
+    stop before it learns. Empty: a third of the stage's steps."""
     metric: str | None = None
     """Validation metric that picks the best checkpoint: accuracy, macro_f1, loss, or loss+general (the
     validation loss plus the loss on held-out general text, forgetting.corpus); each task says which it
@@ -136,11 +141,15 @@ class TrainConfig:
         check_trackers(self.report_to or [])
         if not 0 <= self.seed < 2**32:
             raise UserError(f"train.seed must be a whole number from 0 to 4294967295 (got {self.seed})")
-        if self.lr is not None and not self.lr > 0:
+        if isinstance(self.lr, str) and self.lr != "suggested":
+            raise UserError(f"train.lr must be a positive number or suggested (got '{self.lr}'); try 1e-4")
+        if self.lr is not None and not isinstance(self.lr, str) and not self.lr > 0:
             raise UserError(f"train.lr must be positive (got {self.lr}); try 1e-4")
         for key in ("epochs", "max_steps", "batch_size", "micro_batch_size", "eval_every_steps"):
             if getattr(self, key) is not None:
                 _check_positive(f"train.{key}", getattr(self, key))
+        if self.min_steps is not None and (isinstance(self.min_steps, bool) or not isinstance(self.min_steps, int) or self.min_steps < 0):
+            raise UserError(f"train.min_steps must be a whole number of steps, 0 or more (got {self.min_steps})")
         if self.patience is not None and self.patience < 1:
             raise UserError(f"train.patience must be at least 1 (got {self.patience}); leave it empty to never stop early")
         if self.batch_size and self.micro_batch_size and self.batch_size % self.micro_batch_size:
@@ -340,7 +349,9 @@ def from_dict(cls, raw: dict, prefix: str = ""):
         hint = hints[key]
         if dataclasses.is_dataclass(hint) and isinstance(value, str) and getattr(hint, "_shorthand", None):
             value = {hint._shorthand: str(value)}
-        if dataclasses.is_dataclass(hint):
+        if isinstance(value, str) and value.strip().lower() in getattr(cls, "_words", {}).get(key, ()):
+            kwargs[key] = value.strip().lower()  # a word the key takes besides its type (train.lr=suggested)
+        elif dataclasses.is_dataclass(hint):
             kwargs[key] = from_dict(hint, {} if value is None else value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, hint, f"{prefix}{key}")

@@ -26,10 +26,13 @@ from .errors import UserError
 
 CONFIG_HEADER = "# transferkit run configuration"
 COMPARISON_HEADER = "# transferkit comparison configuration"
+SEARCH_HEADER = "# transferkit search configuration"
 LOCK = ".lock"
 # What a run folder may hold: anything else in it is the user's and makes transferkit leave it alone.
 RUN_FILES = {"config.yaml", "metrics.json", "metrics.jsonl", "report.html", "model", "README.md", "failure.json", "features", "tensorboard", LOCK}
 COMPARISON_FILES = {"compare.yaml", "compare.md", "compare.json", "report.html", "README.md", LOCK}
+RANGE_TEST_FILES = {"config.yaml", "lr_find.json", "report.html", LOCK}
+SEARCH_FILES = {"tune.yaml", "tune.json", "tune.md", "best.yaml", "trials", "report.html", LOCK}
 
 
 def _umask() -> int:
@@ -52,6 +55,20 @@ def is_finished_comparison(folder: Path) -> bool:
     return (folder / "compare.json").is_file()
 
 
+def is_search(folder: Path) -> bool:
+    """A folder `transferkit tune` wrote: tune.yaml with our first line, and only a search's files."""
+    return folder.is_dir() and _first_line(folder / "tune.yaml") == SEARCH_HEADER and not foreign_entries(folder, SEARCH_FILES)
+
+
+def is_finished_search(folder: Path) -> bool:
+    return (folder / "tune.json").is_file()
+
+
+def is_range_test(folder: Path) -> bool:
+    """A folder `transferkit lr-find` wrote: config.yaml with our first line and only its files."""
+    return folder.is_dir() and _first_line(folder / "config.yaml") == CONFIG_HEADER and not foreign_entries(folder, RANGE_TEST_FILES)
+
+
 def is_run(folder: Path) -> bool:
     """A folder transferkit wrote as a run: config.yaml with our first line (or a run from before that
     header: config.yaml beside metrics.jsonl), and nothing else than a run's files."""
@@ -66,7 +83,16 @@ def is_comparison(folder: Path) -> bool:
     if not folder.is_dir():
         return False
     marked = _first_line(folder / "compare.yaml") == COMPARISON_HEADER or (folder / "compare.json").is_file()
-    return marked and not [p for p in foreign_entries(folder, COMPARISON_FILES) if not is_run(p) and not _is_staging(p)]
+    return marked and not [p for p in foreign_entries(folder, COMPARISON_FILES) if not (is_run(p) or is_search(p) or _is_staging(p))]
+
+
+# What check_output and publish ask of each kind of folder: is it ours, what it may hold, is it finished.
+KINDS = {
+    "run": (is_run, RUN_FILES, is_finished),
+    "comparison": (is_comparison, COMPARISON_FILES, is_finished_comparison),
+    "search": (is_search, SEARCH_FILES, is_finished_search),
+    "lr-find": (is_range_test, RANGE_TEST_FILES, lambda folder: (folder / "lr_find.json").is_file()),
+}
 
 
 def foreign_entries(folder: Path, ours: set[str]) -> list[Path]:
@@ -97,18 +123,17 @@ def check_output(target: Path, overwrite: bool, kind: str = "run") -> None:
         raise UserError(f"{flag} '{target}' is an existing file; name a folder that does not exist yet")
     empty = target.is_dir() and not any(target.iterdir())
     if target.is_dir() and not empty:
-        ours = is_run(target) if kind == "run" else is_comparison(target)
-        if not ours:
-            what = "comparison" if kind == "comparison" else "run"
-            extra = foreign_entries(target, RUN_FILES if kind == "run" else COMPARISON_FILES)
+        ours, files, finished_kind = KINDS[kind]
+        if not ours(target):
+            what = kind
+            extra = foreign_entries(target, files)
             shown = f" (it holds {extra[0].name})" if extra else ""
             raise UserError(
                 f"{flag} '{target}' is a folder that transferkit did not write as a {what}{shown}; transferkit never "
                 "replaces it, with or without --overwrite: name a new folder"
             )
-        finished = is_finished(target) if kind == "run" else is_finished_comparison(target)
-        if finished and not overwrite:
-            what = "finished run" if kind == "run" else "finished comparison"
+        if finished_kind(target) and not overwrite:
+            what = f"finished {kind}"
             raise UserError(f"'{target}' already holds a {what}; pass --overwrite to replace it or choose another --output")
     staging = target.with_name(target.name + ".partial")
     if staging.exists() and not (staging.is_dir() and _staging_is_ours(staging)):
@@ -170,7 +195,8 @@ class Lock:
 
 def _staging_is_ours(staging: Path) -> bool:
     names = {p.name for p in staging.iterdir()}
-    return not names or LOCK in names or _first_line(staging / "config.yaml") in (CONFIG_HEADER, COMPARISON_HEADER)
+    return (not names or LOCK in names or _first_line(staging / "config.yaml") in (CONFIG_HEADER, COMPARISON_HEADER)
+            or _first_line(staging / "tune.yaml") == SEARCH_HEADER)
 
 
 def start_staging(run_dir: Path) -> tuple[Path, Lock]:
@@ -197,8 +223,7 @@ def discard_staging(staging: Path, lock: Lock) -> None:
 def publish(staging: Path, run_dir: Path, lock: Lock, kind: str = "run") -> None:
     """Swap the finished staging folder in for `run_dir` (which, if it exists, is ours: checked again)."""
     if run_dir.exists() and run_dir.is_dir() and any(run_dir.iterdir()):
-        ours = is_run(run_dir) if kind == "run" else is_comparison(run_dir)
-        if not ours:
+        if not KINDS[kind][0](run_dir):
             lock.release()
             raise UserError(f"'{run_dir}' appeared while this ran and is not transferkit's; the result is in '{staging}'")
         old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}-{secrets.token_hex(4)}")

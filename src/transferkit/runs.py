@@ -18,6 +18,7 @@ import json
 import random
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from .report.html import read_log, run_report
 from .tasks.sequence import eval_loader
 from .training.features import HeadOnFeatures, cache_features
 from .training.loop import Diverged, Hooks, Progress, fit
+from .training.probe import fit_probe
 
 
 @dataclass
@@ -82,6 +84,8 @@ def train(
     config: RunConfig | str | Path | None = None,
     overrides: list[str] | dict | None = None,
     progress: Progress | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    trial: bool = False,
 ) -> Run:
     """Fine-tune a model as `config` says and write the run folder.
 
@@ -89,6 +93,10 @@ def train(
         config: a RunConfig, a YAML file, or None for the defaults.
         overrides: `section.key=value` strings or a {"section.key": value} dict, applied on top.
         progress: receives step updates (the CLI draws a bar from them).
+        on_log: called with each record written to metrics.jsonl (a search's pruner watches the
+            validation curve; what it raises ends the run, and the half-built folder is removed).
+        trial: a search trial: the test split is neither encoded nor scored (a search must never
+            see it), and no model or report is written: config.yaml, metrics.jsonl, metrics.json.
 
     Returns:
         The finished Run: its folder, resolved config and metrics.
@@ -97,35 +105,14 @@ def train(
         UserError: bad input (found before anything is written, so an existing run folder is
             untouched), or a loss that became NaN (the last good weights are saved first).
     """
-    cfg = config if isinstance(config, RunConfig) and not overrides else load_config(config, overrides)
-    cfg = cfg.with_dataset_defaults()
     progress = progress or Progress()
-    folders.check_output(cfg.run_dir, cfg.overwrite)
-    kind = kind_of(cfg.model)
-    task = tasks.make(kind, cfg)
-    regime = REGIMES[cfg.regime]
-    check_fit(regime, kind, task, cfg.model.name, tasks.KIND_WORDS[kind], REGIMES)
-    _check_mitigations(cfg, task)
-    seed_everything(cfg.train.seed)
-    splits = task.read(cfg.data, cfg.train.seed)
-    model = load_model(cfg, task, progress.note)
-    _check_data_fits(cfg, model, splits)
-    if regime.cached_features and not model.can_split:
-        raise UserError(model.why_no_split())
-    if regime.check_model:
-        regime.check_model(cfg, model)
-    # config.yaml keeps the values used (the regime's defaults, the truncation length), whatever later defaults become.
-    cfg = resolve_defaults(replace(cfg, model=replace(cfg.model, max_length=getattr(model, "max_length", None))))
-    stages = regime.stages(cfg)
-    for stage in stages:
-        micro = cfg.train.micro_batch_size or stage.batch_size
-        if stage.batch_size % micro:
-            raise UserError(f"batch size {stage.batch_size} is not a multiple of train.micro_batch_size ({micro}); change one")
+    setup = prepare(config, overrides, progress)
+    cfg, model, task = setup.cfg, setup.model, setup.task
 
     # Everything above only reads. The run is built in a staging folder and swapped in at the end.
     staging, lock = folders.start_staging(cfg.run_dir)
     try:
-        metrics = _train_into(staging, cfg, model, task, regime, splits, stages, progress)
+        metrics, cfg = _train_into(staging, setup, progress, on_log, trial)
     except Diverged as e:
         folders.save_model(model, staging / "model")
         folders.write_text(staging / "failure.json", json.dumps({"error": str(e), "stage": e.stage, "step": e.step, "lr": e.lr}))
@@ -140,6 +127,62 @@ def train(
     return Run(cfg.run_dir, cfg, metrics, task)
 
 
+@dataclass
+class Setup:
+    """A run as far as it goes before anything is written: its config resolved, data read, model loaded."""
+
+    cfg: RunConfig
+    model: object
+    task: object
+    regime: object
+    splits: Splits
+    stages: list
+
+
+def prepare(config, overrides=None, progress: Progress | None = None, check_output: bool = True) -> Setup:
+    """Read the config and data, load the model, check that they fit and resolve the regime's defaults
+    (config.yaml keeps the values used, whatever later defaults become). Writes nothing."""
+    progress = progress or Progress()
+    cfg = config if isinstance(config, RunConfig) and not overrides else load_config(config, overrides)
+    cfg = cfg.with_dataset_defaults()
+    if check_output:
+        folders.check_output(cfg.run_dir, cfg.overwrite)
+    kind = kind_of(cfg.model)
+    task = tasks.make(kind, cfg)
+    regime = REGIMES[cfg.regime]
+    check_fit(regime, kind, task, cfg.model.name, tasks.KIND_WORDS[kind], REGIMES)
+    _check_mitigations(cfg, task)
+    seed_everything(cfg.train.seed)
+    splits = task.read(cfg.data, cfg.train.seed)
+    model = load_model(cfg, task, progress.note)
+    _check_data_fits(cfg, model, splits)
+    if regime.cached_features and not model.can_split:
+        raise UserError(model.why_no_split())
+    if regime.check_model:
+        regime.check_model(cfg, model)
+    cfg = resolve_defaults(replace(cfg, model=replace(cfg.model, max_length=getattr(model, "max_length", None))), len(splits.train))
+    _warn_small_validation(splits.validation, task)
+    stages = regime.stages(cfg)
+    for stage in stages:
+        micro = cfg.train.micro_batch_size or stage.batch_size
+        if stage.batch_size % micro:
+            raise UserError(f"batch size {stage.batch_size} is not a multiple of train.micro_batch_size ({micro}); change one")
+    if cfg.train.lr == "suggested":
+        _range_test_stage(cfg, stages)  # checks that there is a rate to find
+    return Setup(cfg, model, task, regime, splits, stages)
+
+
+SMALL_VALIDATION = 50  # fewer examples than this, and one of them moves a validation metric by over 2 points
+
+
+def _warn_small_validation(validation, task) -> None:
+    if len(validation) < SMALL_VALIDATION and task.head == "sequence":
+        from .data.tables import warn
+
+        warn(f"the validation split holds {len(validation)} examples: one of them moves its accuracy by {100 / max(len(validation), 1):.1f} "
+             "points, so the checkpoint kept follows noise as much as quality; give more data or raise data.validation_fraction")  # fmt: skip
+
+
 def _check_mitigations(cfg: RunConfig, task) -> None:
     """Replay and the general-text metric use the language-model loss: they need a task on a causal LM's own head."""
     metric = cfg.train.metric or task.metric
@@ -149,6 +192,8 @@ def _check_mitigations(cfg: RunConfig, task) -> None:
     if (cfg.replay.ratio or metric == "loss+general") and task.head != "lm":
         raise UserError("replay and metric loss+general use the language-model loss: they need a causal LM; unset replay.ratio")
 
+
+SOLVERS = {"adam": fit, "lbfgs": fit_probe}  # a Stage's solver: the training loop, or a head fit on the cache
 
 EXAMPLE_MODELS = {"text": "minilm-l6", "image": "efficientnet-lite0"}  # a built-in model for each kind of input
 
@@ -167,23 +212,33 @@ def _check_data_fits(cfg: RunConfig, model, splits: Splits) -> None:
         raise UserError("forgetting is measured on general text: it needs a text model; unset forgetting.corpus")
 
 
-def _train_into(staging: Path, cfg: RunConfig, model, task, regime, splits: Splits, stages, progress) -> dict:
-    """Every stage through the loop, then test and save; returns the final metrics."""
-    folders.write_text(staging / "config.yaml", f"{folders.CONFIG_HEADER}\n# every value as this run used it: rerun with transferkit train THIS_FILE\n"
-                       + yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))  # fmt: skip
+def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool = False) -> tuple[dict, RunConfig]:
+    """Every stage through the loop, then test and save; returns the final metrics and the config as run
+    (with train.lr=suggested, the rate the range test found)."""
+    cfg, model, task, regime, splits, stages = setup.cfg, setup.model, setup.task, setup.regime, setup.splits, setup.stages
     accelerator = Accelerator(**tracking.accelerator_options(cfg.train.report_to, staging))
-    trackers = tracking.Trackers(accelerator, cfg)  # train.report_to: nothing when none
     precision = resolve_precision(cfg.train.precision, accelerator.device)
     ctx = tasks.Context(cfg, accelerator, precision, progress)
     model.to(accelerator.device)
     started = time.perf_counter()
     if regime.prepare:
         regime.prepare(model, task, splits, cfg)
-    forgetting = start_forgetting(cfg, model, accelerator, precision, progress)
+    forgetting = None if trial else start_forgetting(cfg, model, accelerator, precision, progress)
     # Encoded once: token ids for text (padding happens per batch), transformed images for vision.
+    # A search trial never touches the test split.
     notes: list[str] = []  # what encoding said (e.g. that the tokens came from the cache), kept in metrics.json
     note = lambda message: notes.append(message) or progress.note(message)  # noqa: E731
-    items = {name: task.encode(model, getattr(splits, name), train=name == "train", note=note) for name in ("train", "validation", "test")}
+    names = ("train", "validation") if trial else ("train", "validation", "test")
+    items = {name: task.encode(model, getattr(splits, name), train=name == "train", note=note) for name in names}
+    range_test = None
+    if cfg.train.lr == "suggested":
+        range_test = _range_test(cfg, model, task, stages, items, ctx)
+        cfg = replace(cfg, train=replace(cfg.train, lr=range_test.suggested))
+        stages = regime.stages(cfg)
+        progress.note(f"lr range test: train.lr={range_test.suggested:.3g}")
+    folders.write_text(staging / "config.yaml", f"{folders.CONFIG_HEADER}\n# every value as this run used it: rerun with transferkit train THIS_FILE\n"
+                       + yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True))  # fmt: skip
+    trackers = tracking.Trackers(accelerator, cfg)  # train.report_to: nothing when none
     if cfg.replay.ratio:
         items["train"] = list(items["train"]) + replay_items(cfg, model, len(items["train"]))
     hooks = Hooks(progress=progress)
@@ -191,8 +246,17 @@ def _train_into(staging: Path, cfg: RunConfig, model, task, regime, splits: Spli
         hooks.extra_validation = general_validation(cfg, model, accelerator, precision)
     features, summary = None, {"stages": []}
     with open(staging / "metrics.jsonl", "w") as log_file:
-        log = lambda record: log_file.write(json.dumps(record) + "\n") or log_file.flush()  # noqa: E731
-        hooks.log = trackers.feed(log)
+        def log(record: dict) -> None:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()  # a run followed live (tail -f, a search's pruner) sees each step as it ends
+
+        fed = trackers.feed(log)
+
+        def log_and_watch(record: dict) -> None:
+            fed(record)
+            on_log(record)
+
+        hooks.log = log_and_watch if on_log else fed
         for stage in stages:
             stage.apply(model)
             if stage.cached and features is None:
@@ -200,16 +264,28 @@ def _train_into(staging: Path, cfg: RunConfig, model, task, regime, splits: Spli
             trainee, data = (HeadOnFeatures(model), features) if stage.cached else (model, items)
             micro = cfg.train.micro_batch_size or stage.batch_size
             train_loader = make_loader(data["train"], micro, True, cfg.train.seed, model.pad_id)
-            result = fit(trainee, train_loader, eval_loader(data["validation"], model.pad_id), task, accelerator, stage, cfg.train, precision, hooks)
+            solve = SOLVERS[stage.solver]
+            result = solve(trainee, train_loader, eval_loader(data["validation"], model.pad_id), task, accelerator, stage, cfg.train, precision, hooks)
             summary["stages"].append(_stage_summary(stage, result, trainee))
     # The test set goes through the same path as training did last: the cache for a head-only
     # regime (so the backbone still runs only once), the whole model otherwise.
     final_model, final_items = (HeadOnFeatures(model), features) if stages and stages[-1].cached else (model, items)
     chosen = task.after_training(final_model, final_items["validation"], ctx)
     train_seconds = time.perf_counter() - started
+    if trial:
+        # What a search ranks trials by: the validation split, scored as the test split would be.
+        validation, _ = task.test(final_model, splits.validation, final_items["validation"], ctx)
+        metrics = {"regime": cfg.regime, "task": task.name, "trial": True, "validation": validation, "test": {},
+                   "train_seconds": train_seconds, "headlines": list(task.headlines), "columns": task.columns,
+                   **({"chosen_on_validation": chosen} if chosen else {}), **summary}  # fmt: skip
+        folders.write_text(staging / "metrics.json", json.dumps(metrics, indent=2))
+        trackers.finish(metrics)
+        return metrics, cfg
     test, extra = task.test(final_model, splits.test, final_items["test"], ctx)
     if forgetting is not None:
         extra["forgetting"] = forgetting.measure(model)
+    if range_test is not None:
+        extra["lr_range_test"] = range_test.to_dict()
     folders.save_model(_Saved(model, task), staging / "model")
     metrics = {
         "regime": cfg.regime,
@@ -240,7 +316,7 @@ def _train_into(staging: Path, cfg: RunConfig, model, task, regime, splits: Spli
     folders.write_text(staging / "report.html", run_report(metrics, read_log(staging), (staging / "config.yaml").read_text()))
     card.write_model_card(staging, cfg, metrics)
     trackers.finish(metrics)
-    return metrics
+    return metrics, cfg
 
 
 class _Saved:
@@ -253,6 +329,71 @@ class _Saved:
         self.task.before_save(self.model)
         self.model.save(folder)
         tasks.write_task_file(self.task, folder)
+
+
+def _range_test_stage(cfg: RunConfig, stages: list):
+    """The stage whose rate is train.lr (the last: the only one, or staged's every-layer stage)."""
+    stage = stages[-1] if stages else None
+    if stage is None or stage.solver != "adam":
+        how = "no learning rate to find" if stage is None else "its head is fit to convergence by L-BFGS (no learning rate)"
+        raise UserError(f"train.lr=suggested: regime {cfg.regime} has {how}; give train.lr a number"
+                        + (f" and {cfg.regime}.solver=adam" if stage is not None and cfg.regime == "freeze" else ""))  # fmt: skip
+    return stage
+
+
+def _range_test(cfg: RunConfig, model, task, stages: list, items: dict, ctx):
+    """The LR range test on the stage whose rate is train.lr, its parameters as that stage trains them;
+    the weights are put back as they were. (Earlier stages have not run: staged's every-layer stage is
+    tested from the untrained head.)"""
+    from .training.lr_find import range_test
+
+    stage = _range_test_stage(cfg, stages)
+    stage.apply(model)
+    data = _cache_features(model, items, ctx)[0] if stage.cached else items
+    trainee = HeadOnFeatures(model) if stage.cached else model
+    micro = cfg.train.micro_batch_size or stage.batch_size
+    loader = make_loader(data["train"], micro, True, cfg.train.seed, model.pad_id)
+    result = range_test(trainee, loader, task, ctx.accelerator, stage, cfg.train, ctx.precision, progress=ctx.progress)
+    if result.suggested is None:
+        raise UserError(f"the lr range test could not suggest a rate ({len(result.lrs)} steps ran: too little training data "
+                        "or a loss that diverged at once); give train.lr a number")  # fmt: skip
+    return result
+
+
+def find_lr(config, overrides=None, progress: Progress | None = None, output: str | Path | None = None):
+    """`transferkit lr-find`: the range test for `config`'s regime on its training split; nothing is
+    trained for good. Writes `output` (lr_find.json, report.html with the plot, config.yaml) when given.
+    Returns (RangeTest, the resolved config)."""
+    progress = progress or Progress()
+    if output is not None:
+        folders.check_output(Path(output), (config.overwrite if isinstance(config, RunConfig) else False), kind="lr-find")
+    setup = prepare(config, overrides, progress, check_output=False)
+    cfg, model, task = setup.cfg, setup.model, setup.task
+    _range_test_stage(cfg, setup.stages)
+    accelerator = Accelerator()
+    precision = resolve_precision(cfg.train.precision, accelerator.device)
+    ctx = tasks.Context(cfg, accelerator, precision, progress)
+    model.to(accelerator.device)
+    if setup.regime.prepare:
+        setup.regime.prepare(model, task, setup.splits, cfg)
+    items = {"train": task.encode(model, setup.splits.train, train=True)}
+    result = _range_test(cfg, model, task, setup.stages, items, ctx)
+    if output is not None:
+        from .report.html import range_test_report
+
+        output = Path(output)
+        staging, lock = folders.start_staging(output)
+        try:
+            config_text = f"{folders.CONFIG_HEADER}\n# the configuration the range test ran; train.lr is what it suggests\n" + yaml.safe_dump(
+                replace(cfg, train=replace(cfg.train, lr=result.suggested)).to_dict(), sort_keys=False, allow_unicode=True)
+            folders.write_text(staging / "config.yaml", config_text)
+            folders.write_text(staging / "lr_find.json", json.dumps(result.to_dict(), indent=2))
+            folders.write_text(staging / "report.html", range_test_report(result.to_dict(), config_text))
+        except BaseException:
+            folders.discard_staging(staging, lock)
+            raise
+        folders.publish(staging, output, lock, kind="lr-find")
+    return result, cfg
 
 
 def _cache_features(model, items: dict, ctx) -> tuple[dict, float]:

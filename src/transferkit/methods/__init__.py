@@ -13,6 +13,7 @@ REGIMES: dict[str, Regime] = {m.REGIME.name: m.REGIME for m in (full, freeze, lo
 __all__ = ["REGIMES", "Regime", "Stage", "check_fit", "freeze_all_but", "resolve_defaults", "wrap_with_peft"]
 
 
-def resolve_defaults(cfg):
-    """`cfg` with its regime's own learning rate, epochs and batch size written in where they were left empty."""
-    return REGIMES[cfg.regime].resolve(cfg)
+def resolve_defaults(cfg, train_examples: int | None = None):
+    """`cfg` with its regime's own learning rate, epochs and batch size written in where they were left empty
+    (the epochs raised for small data, when the number of training examples is given)."""
+    return REGIMES[cfg.regime].resolve(cfg, train_examples)

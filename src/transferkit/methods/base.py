@@ -34,6 +34,11 @@ class Stage:
     """Examples per optimizer step."""
     max_steps: int | None = None
     """Stop after this many optimizer steps, whatever `epochs` says."""
+    solver: str = "adam"
+    """"adam": the training loop (training/loop.py); "lbfgs": a head on cached features fit to convergence,
+    full batch, one fit per L2 strength, the best on validation kept (training/probe.py)."""
+    l2_grid: tuple[float, ...] | None = None
+    """The L2 strengths the lbfgs solver tries (None: probe.L2_GRID)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,10 @@ class Regime:
     epochs: int | None = None
     batch_size: int | None = None
     """Defaults, chosen on BBC News validation accuracy unless the module says otherwise."""
+    min_steps: int | None = None
+    """On small data the default epochs make too few optimizer steps to learn: epochs are raised (when
+    train.epochs is empty) until the run makes at least this many, at most max_epochs."""
+    max_epochs: int = 30
     cached_features: bool = False
     """It trains a head on features the frozen backbone computed once: the model must split there."""
     control: bool = False
@@ -73,13 +82,18 @@ class Regime:
     def stages(self, cfg) -> list[Stage]:
         return self.build(self.resolve(cfg))
 
-    def resolve(self, cfg):
-        """`cfg` with this regime's learning rate, epochs and batch size where train.* left them empty."""
+    def resolve(self, cfg, train_examples: int | None = None):
+        """`cfg` with this regime's learning rate, epochs and batch size where train.* left them empty;
+        with `train_examples` known, the epochs are raised for small data (see min_steps)."""
+        import math
         from dataclasses import replace
 
         cfg = self.fill(cfg) if self.fill else cfg
         t = cfg.train
         filled = {key: getattr(t, key) if getattr(t, key) is not None else getattr(self, key) for key in ("lr", "epochs", "batch_size")}
+        if t.epochs is None and t.max_steps is None and self.min_steps and train_examples and filled["batch_size"]:
+            steps_per_epoch = math.ceil(train_examples / filled["batch_size"])
+            filled["epochs"] = min(max(filled["epochs"], math.ceil(self.min_steps / steps_per_epoch)), max(self.max_epochs, filled["epochs"]))
         return replace(cfg, train=replace(t, **filled))
 
 

@@ -25,5 +25,5 @@ def build(cfg) -> list[Stage]:
 
 REGIME = Regime(
     "full", "every weight", build, kinds=("encoder", "causal", "image"), heads=("sequence", "lm", "token", "span"),
-    requirement="trains every weight", lr=1e-4, epochs=3, batch_size=16,
+    requirement="trains every weight", lr=1e-4, epochs=3, batch_size=16, min_steps=150,
 )  # fmt: skip

@@ -65,5 +65,5 @@ def build(cfg) -> list[Stage]:
 REGIME = Regime(
     "lora", "low-rank adapters on every linear layer (via peft) + the head", build, kinds=("encoder", "causal", "image"),
     heads=("sequence", "lm", "token", "span"), requirement="adds low-rank adapters", lr=1e-3, epochs=3, batch_size=16,
-    check_model=check_targets,
+    check_model=check_targets, min_steps=200,
 )  # fmt: skip

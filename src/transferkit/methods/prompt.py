@@ -40,5 +40,5 @@ def build(cfg) -> list[Stage]:
 
 REGIME = Regime(
     "prompt", "soft-prompt vectors (via peft) + the head; the backbone frozen", build, kinds=("encoder", "causal"),
-    heads=("sequence", "lm", "token"), requirement="prepends soft tokens to a text model", lr=3e-3, epochs=10, batch_size=16,
+    heads=("sequence", "lm", "token"), requirement="prepends soft tokens to a text model", lr=3e-3, epochs=10, batch_size=16, min_steps=300,
 )  # fmt: skip

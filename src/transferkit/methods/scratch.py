@@ -30,5 +30,5 @@ def build(cfg) -> list[Stage]:
 REGIME = Regime(
     "scratch", "every weight, from random initialisation (the control)", build, kinds=("encoder", "causal", "image"),
     heads=("sequence", "lm", "token", "span"), requirement="trains the architecture from random weights", lr=5e-4, epochs=10,
-    batch_size=32, control=True,
+    batch_size=32, control=True, min_steps=300,
 )  # fmt: skip

@@ -131,6 +131,8 @@ def run_report(metrics: dict, records: list[dict], config_text: str) -> str:
         sections.append(too_many_classes(len(metrics["labels"])))
     if metrics.get("scatter"):
         plots.append(figure_tag(scatter_figure(metrics["scatter"]), "predicted against true values"))
+    if metrics.get("lr_range_test"):
+        plots.append(figure_tag(range_test_figure(metrics["lr_range_test"]), "learning-rate range test"))
     if metrics.get("forgetting"):
         sections += ["<h2>Forgetting</h2>", forgetting_table(metrics["forgetting"])]
         plots.append(figure_tag(forgetting_figure(metrics["forgetting"]), "forgetting before and after"))
@@ -237,3 +239,78 @@ def quality_by_size_figure(rows: list[dict], metric: str = "accuracy"):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
+
+
+def search_report(search, header: list[str], rows: list[list[str]]) -> str:
+    """`transferkit tune`: every trial, the metric against trial number and against each hyperparameter."""
+    done = [t for t in search.trials if t["state"] == "complete"]
+    plots = [figure_tag(trials_figure(search.trials, search.metric, search.direction), "metric against trial number")]
+    names = list(dict.fromkeys(k for t in search.trials for k in t["params"]))
+    if done and names:
+        plots.append(figure_tag(parameters_figure(done, names, search.metric), "metric against each hyperparameter"))
+    best = search.best
+    title = f"transferkit tune: best validation {_title(search.metric)}"
+    title += f" {best['value']:.4f}" if best else ""
+    return page(title, [
+        f"<p>{len(done)} trials finished, {sum(t['state'] == 'pruned' for t in search.trials)} pruned, "
+        f"{sum(t['state'] == 'failed' for t in search.trials)} failed. Every value is on the validation split; "
+        "the test split is never looked at during a search. best.yaml holds the best trial's settings (marked *).</p>",
+        "<h2>Trials</h2>", table(header, rows),
+        "<h2>Plots</h2>", "<div class='plots'>", *plots, "</div>",
+    ])
+
+
+def trials_figure(trials: list[dict], metric: str, direction: str):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    done = [t for t in trials if t["state"] == "complete"]
+    ax.scatter([t["number"] for t in done], [t["value"] for t in done], color="#4c72b0", label="finished")
+    best, running = [], None
+    for t in done:
+        running = t["value"] if running is None else (min if direction == "minimize" else max)(running, t["value"])
+        best.append(running)
+    ax.step([t["number"] for t in done], best, where="post", color="#dd8452", label="best so far")
+    pruned = [t["number"] for t in trials if t["state"] == "pruned"]
+    if pruned:
+        low = min((t["value"] for t in done), default=0)
+        ax.scatter(pruned, [low] * len(pruned), marker="x", color="#999", label="pruned")
+    ax.set(xlabel="trial", ylabel=f"validation {_title(metric)}", title=f"validation {_title(metric)} by trial")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def parameters_figure(done: list[dict], names: list[str], metric: str):
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        points = [(t["params"][name], t["value"]) for t in done if name in t["params"]]
+        xs = [p[0] for p in points]
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+        ax.scatter(xs if numeric else [str(x) for x in xs], [p[1] for p in points], color="#4c72b0")
+        if numeric and name.endswith(("lr", "l2")) and min(xs) > 0:
+            ax.set_xscale("log")
+        ax.set(xlabel=name, ylabel=f"validation {_title(metric)}")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def range_test_figure(test: dict):
+    """The LR range test: loss (raw and smoothed) against a log learning rate, the suggestion marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(test["lrs"], test["losses"], lw=0.6, color="#aaa", label="loss")
+    ax.plot(test["lrs"], test["smoothed"], lw=1.5, color="#4c72b0", label="smoothed")
+    if test.get("suggested"):
+        ax.axvline(test["suggested"], color="#dd8452", ls="--", label=f"suggested {test['suggested']:.2g}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="learning-rate range test")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def range_test_report(test: dict, config_text: str) -> str:
+    return page("transferkit lr-find", [
+        f"<p>Suggested learning rate: <b>{test['suggested']:.3g}</b> (where the smoothed loss falls fastest, at most a tenth "
+        f"of the rate at its minimum). {len(test['lrs'])} steps, stopped: {test['stopped']}.</p>",
+        "<div class='plots'>", figure_tag(range_test_figure(test), "learning-rate range test"), "</div>",
+        "<h2>Configuration</h2>", f"<pre>{html.escape(config_text)}</pre>",
+    ])

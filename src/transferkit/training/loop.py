@@ -91,7 +91,10 @@ def fit(model: nn.Module, train_loader: Iterable[dict], val_loader: Iterable[dic
     result = FitResult()
     # Validated before the first step: a stage that only makes things worse hands back the
     # weights it was given (the previous stage's best), not its own least bad ones.
-    best = _Best(raw_model, cfg.metric or task.metric, cfg.patience, validate())
+    # Patience counts only after min_steps: early validations (a fresh head, a small validation split)
+    # are noisy, and stopping on them stops a run before it learns.
+    min_steps = cfg.min_steps if cfg.min_steps is not None else total_steps // 3
+    best = _Best(raw_model, cfg.metric or task.metric, cfg.patience, validate(), min_steps)
     progress.start(stage.name, total_steps)
     started = time.perf_counter()
     try:
@@ -151,9 +154,9 @@ def _accumulate(model: nn.Module, group: list[dict], task, accelerator: Accelera
 class _Best:
     """The best validated weights so far, for early stopping and the final restore."""
 
-    def __init__(self, model: nn.Module, metric: str, patience: int | None, metrics: dict):
+    def __init__(self, model: nn.Module, metric: str, patience: int | None, metrics: dict, min_steps: int = 0):
         """`metrics`: the validation of the incoming weights (step 0), the ones to beat."""
-        self.metric, self.patience = metric, patience
+        self.metric, self.patience, self.min_steps = metric, patience, min_steps
         self.score, self.state, self.step, self.metrics, self.stale = self._score(metrics), snapshot(model), 0, metrics, 0
 
     def _score(self, metrics: dict) -> tuple[float, ...]:
@@ -171,7 +174,8 @@ class _Best:
         if score > self.score:
             self.score, self.state, self.step, self.metrics, self.stale = score, snapshot(model), step, metrics, 0
             return False
-        self.stale += 1
+        if step > self.min_steps:
+            self.stale += 1
         return self.patience is not None and self.stale >= self.patience
 
 

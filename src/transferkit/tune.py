@@ -1,0 +1,259 @@
+"""Hyperparameter search for any regime: Optuna's TPE sampler, median pruning on the validation curve.
+
+Each trial is a `train(..., trial=True)` run: the test split is never encoded or scored, and no model
+is written. A trial reports its validation metric at each validation; the median pruner ends a trial
+whose curve falls below the median of the earlier trials' at the same validation (the run's staging
+folder is removed, as on Ctrl-C). A trial that fails (a loss that became NaN, a setting the model
+refuses) is recorded as failed, with the reason, and the search goes on.
+
+    runs/tune-<data>-<regime>/
+        tune.yaml     the base configuration and the search's own settings
+        trials/NNN/   each finished trial's config.yaml, metrics.jsonl, metrics.json
+        tune.json     every trial: its number, state, values, validation metric, seconds, error
+        tune.md       the same as a table
+        best.yaml     the best trial's configuration, for the whole data: `transferkit train best.yaml`
+        report.html   the metric against each hyperparameter and against trial number
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import folders
+from .config import RunConfig, load_config
+from .errors import UserError
+from .methods import REGIMES
+
+LOWER_IS_BETTER = ("loss", "loss+general", "rmse", "mae", "perplexity")
+
+
+def _space_full(trial, lr_centre):
+    return {"train.lr": _lr(trial, 1e-5, 3e-4, lr_centre), "train.epochs": trial.suggest_int("train.epochs", 2, 8),
+            "train.batch_size": trial.suggest_categorical("train.batch_size", [8, 16, 32]),
+            "train.weight_decay": trial.suggest_categorical("train.weight_decay", [0.0, 0.01, 0.1])}  # fmt: skip
+
+
+def _space_lora(trial, lr_centre):
+    r = trial.suggest_categorical("lora.r", [4, 8, 16, 32])
+    return {"train.lr": _lr(trial, 1e-4, 5e-3, lr_centre), "train.epochs": trial.suggest_int("train.epochs", 2, 8),
+            "train.batch_size": trial.suggest_categorical("train.batch_size", [8, 16, 32]), "lora.r": r,
+            "lora.alpha": r * trial.suggest_categorical("lora.alpha_over_r", [1, 2, 4]),
+            "train.weight_decay": trial.suggest_categorical("train.weight_decay", [0.0, 0.01, 0.1])}  # fmt: skip
+
+
+def _space_prompt(trial, lr_centre):
+    return {"train.lr": _lr(trial, 3e-4, 3e-2, lr_centre), "train.epochs": trial.suggest_int("train.epochs", 3, 15),
+            "train.batch_size": trial.suggest_categorical("train.batch_size", [8, 16, 32]),
+            "prompt.num_virtual_tokens": trial.suggest_categorical("prompt.num_virtual_tokens", [8, 20, 40])}  # fmt: skip
+
+
+def _space_staged(trial, lr_centre):
+    return {"train.lr": _lr(trial, 1e-5, 3e-4, lr_centre), "train.epochs": trial.suggest_int("train.epochs", 1, 6),
+            "staged.layer_decay": trial.suggest_float("staged.layer_decay", 0.5, 1.0),
+            "train.batch_size": trial.suggest_categorical("train.batch_size", [8, 16, 32])}  # fmt: skip
+
+
+def _space_freeze(trial, lr_centre):
+    # The probe already picks its L2 strength from a grid on validation; the search widens that to one
+    # continuous strength.
+    return {"freeze.l2": [str(trial.suggest_float("freeze.l2", 1e-6, 10.0, log=True))]}
+
+
+def _space_scratch(trial, lr_centre):
+    return {"train.lr": _lr(trial, 5e-5, 3e-3, lr_centre), "train.epochs": trial.suggest_int("train.epochs", 5, 30),
+            "train.batch_size": trial.suggest_categorical("train.batch_size", [16, 32, 64])}  # fmt: skip
+
+
+def _space_icl(trial, lr_centre):
+    return {"icl.shots": str(trial.suggest_categorical("icl.shots", [0, 1, 2, 4, 8, 16])),
+            "icl.calibrate": trial.suggest_categorical("icl.calibrate", [False, True])}  # fmt: skip
+
+
+SPACES: dict[str, Callable] = {"full": _space_full, "lora": _space_lora, "prompt": _space_prompt, "staged": _space_staged,
+                               "freeze": _space_freeze, "scratch": _space_scratch, "icl": _space_icl}  # fmt: skip
+
+
+def _lr(trial, low: float, high: float, centre: float | None) -> float:
+    """Log-uniform over the regime's range, or over a decade either side of an LR finder's suggestion."""
+    if centre:
+        low, high = centre / 10, centre * 10
+    return trial.suggest_float("train.lr", low, high, log=True)
+
+
+@dataclass
+class Search:
+    """A finished search: its folder, every trial, the best one."""
+
+    dir: Path
+    metric: str
+    direction: str
+    trials: list[dict] = field(default_factory=list)
+    best: dict | None = None
+    best_config: RunConfig | None = None
+
+
+def tune(base: RunConfig, trials: int | None = 20, minutes: float | None = None, output: str | Path | None = None,
+         train_size: int | None = None, lr_centre: float | None = None, on_trial: Callable[[dict], None] = lambda row: None,
+         progress=None) -> Search:  # fmt: skip
+    """Search `base.regime`'s hyperparameters on `base`'s data; the test split is never looked at.
+
+    Args:
+        trials / minutes: the budget (either or both; the search stops at whichever comes first).
+        train_size: trials train on this many examples (a stratified subset), not the whole training
+            split; validation is always the whole validation split. best.yaml is for the whole data.
+        lr_centre: centre the learning-rate range on this (an LR finder's suggestion).
+        on_trial: called with each trial's row as it finishes (number, state, values, value, seconds).
+    """
+    import optuna
+
+    if base.regime not in SPACES:
+        raise UserError(f"transferkit tune has no search space for regime '{base.regime}'; choose from: {', '.join(SPACES)}")
+    if trials is None and minutes is None:
+        raise UserError("give the search a budget: --trials N and/or --minutes M")
+    if trials is not None and trials < 1 or minutes is not None and not minutes > 0:
+        raise UserError("--trials must be at least 1 and --minutes positive")
+    base = base.with_dataset_defaults()
+    out = Path(output or Path("runs") / f"tune-{Path(base.data.name).stem}-{base.regime}")
+    folders.check_output(out, base.overwrite, kind="search")
+    from .runs import prepare
+
+    setup = prepare(load_config(base, {"output": str(out / "trials" / "check"), "data.train_size": train_size or base.data.train_size}),
+                    check_output=False)  # bad data, a bad model: refused here, before any trial  # fmt: skip
+    task = setup.task
+    metric = base.train.metric or task.metric
+    direction = "minimize" if metric in LOWER_IS_BETTER else "maximize"
+    staging, lock = folders.start_staging(out)
+    search = Search(out, metric, direction)
+    try:
+        settings = {"regime": base.regime, "metric": metric, "direction": direction, "trials": trials, "minutes": minutes,
+                    "train_size": train_size, "lr_centre": lr_centre, "sampler": "TPE", "pruner": "median"}  # fmt: skip
+        folders.write_text(staging / "tune.yaml", f"{folders.SEARCH_HEADER}\n# the search's settings, then the base configuration of every trial\n"
+                           + yaml.safe_dump({"search": settings, "base": base.to_dict()}, sort_keys=False, allow_unicode=True))  # fmt: skip
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our row with its reason, not Optuna's traceback
+        study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=base.train.seed),
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2))  # not on the first, noisiest validation  # fmt: skip
+        objective = _objective(base, staging, metric, train_size, lr_centre, progress)
+
+        def finished(study, frozen) -> None:
+            row = _row(frozen)
+            search.trials.append(row)
+            on_trial(row)
+
+        study.optimize(objective, n_trials=trials, timeout=minutes * 60 if minutes else None, catch=(UserError, RuntimeError),
+                       callbacks=[finished])  # fmt: skip
+        done = [t for t in search.trials if t["state"] == "complete"]
+        if not done:
+            first = next((t.get("error") for t in search.trials if t.get("error")), "every trial was pruned")
+            raise UserError(f"no trial of the search finished; the first said: {first}")
+        search.best = min(done, key=lambda t: t["value"]) if direction == "minimize" else max(done, key=lambda t: t["value"])
+        search.best_config = load_config(base, {**search.best["overrides"], "overwrite": False})
+        folders.write_text(staging / "best.yaml", f"{folders.CONFIG_HEADER}\n# the best trial of transferkit tune ({metric} "
+                           f"{search.best['value']:.4f} on validation, trial {search.best['number']}): transferkit train THIS_FILE\n"
+                           + yaml.safe_dump(search.best_config.to_dict(), sort_keys=False, allow_unicode=True))  # fmt: skip
+        from .report.html import search_report
+
+        folders.write_text(staging / "tune.md", _markdown(_table_header(search), _table_rows(search)))
+        folders.write_text(staging / "report.html", search_report(search, _table_header(search), _table_rows(search)))
+        folders.write_text(staging / "tune.json", json.dumps({"settings": settings, "best": search.best, "trials": search.trials}, indent=2))
+    except BaseException:
+        folders.discard_staging(staging, lock)
+        raise
+    folders.publish(staging, out, lock, kind="search")
+    return search
+
+
+def _objective(base: RunConfig, staging: Path, metric: str, train_size: int | None, lr_centre: float | None, progress):
+    import optuna
+
+    from .runs import train
+
+    def objective(trial) -> float:
+        values = SPACES[base.regime](trial, lr_centre)
+        trial.set_user_attr("overrides", values)
+        folder = staging / "trials" / f"{trial.number:03d}"
+        overrides = {**values, "output": str(folder), "overwrite": True}
+        if train_size:
+            overrides["data.train_size"] = train_size
+        validations = [0]
+
+        def on_log(record: dict) -> None:
+            value = record.get(f"val_{metric}")
+            if value is None or not math.isfinite(value):
+                return
+            validations[0] += 1
+            trial.report(value, validations[0])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at validation {validations[0]} ({metric} {value:.4f})")
+
+        started = time.perf_counter()
+        try:
+            run = train(load_config(base, overrides), progress=progress, on_log=on_log, trial=True)  # a bad value: UserError
+        except UserError as e:
+            trial.set_user_attr("error", str(e))
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            raise
+        except optuna.TrialPruned:
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            raise
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        validation = run.metrics["validation"]
+        value = validation.get(metric)
+        if value is None:  # loss+general and the like: the training loop's own validation of the kept weights
+            value = run.metrics["stages"][-1]["best_validation"][metric]
+        if not math.isfinite(value):
+            raise UserError(f"the trial's validation {metric} is not a number")
+        return float(value)
+
+    return objective
+
+
+def _row(frozen) -> dict:
+    state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(frozen.state.name, frozen.state.name.lower())
+    overrides = frozen.user_attrs.get("overrides", {})
+    return {"number": frozen.number, "state": state, "value": frozen.value, "params": {k: _value(v) for k, v in overrides.items()},
+            "sampled": frozen.params, "overrides": overrides, "seconds": frozen.user_attrs.get("seconds"),
+            "error": frozen.user_attrs.get("error"),
+            "pruned_at": max(frozen.intermediate_values) if state == "pruned" and frozen.intermediate_values else None}  # fmt: skip
+
+
+def _table_header(search: Search) -> list[str]:
+    names = list(dict.fromkeys(k for t in search.trials for k in t["params"]))
+    return ["trial", "state", f"validation {search.metric}", *names, "seconds"]
+
+
+def _table_rows(search: Search) -> list[list[str]]:
+    names = _table_header(search)[3:-1]
+    rows = []
+    for t in search.trials:
+        state = t["state"] + (f" (validation {t['pruned_at']})" if t.get("pruned_at") else "") + (" *" if t is search.best else "")
+        rows.append([str(t["number"]), state, "" if t["value"] is None else f"{t['value']:.4f}",
+                     *[_shown(t["params"].get(n)) for n in names], "" if t["seconds"] is None else f"{t['seconds']:.0f}"])  # fmt: skip
+    return rows
+
+
+def _value(v):
+    """A config value as a table shows and a plot places it: freeze.l2's one-item list as its number."""
+    if isinstance(v, list) and len(v) == 1:
+        v = v[0]
+    try:
+        return float(v) if isinstance(v, str) else v
+    except ValueError:
+        return v
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def _shown(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,93 @@
+"""The feature-extraction probe: a head fit to the optimum of its convex problem, saved as a plain head."""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from transferkit import load_config
+from transferkit.data.batching import make_loader
+from transferkit.methods import Stage
+from transferkit.tasks import Classification
+from transferkit.tasks.regress import Regression
+from transferkit.training.probe import fit_probe
+
+
+class Head(nn.Module):
+    def __init__(self, width: int, outputs: int):
+        super().__init__()
+        self.layer = nn.Linear(width, outputs)
+
+    def forward(self, features):
+        return self.layer(features)
+
+
+def data(n: int, seed: int, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, len(scale), generator=g, dtype=torch.float64) * scale + 3.0  # far from standardised
+    y = x @ (torch.arange(1.0, len(scale) + 1, dtype=torch.float64) / scale) + torch.randn(n, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def regression_task() -> Regression:
+    task = Regression()
+    task.label_names, task.mean, task.std = ["y"], [0.0], [1.0]
+    return task
+
+
+def fit(head, task, train, validation, l2_grid):
+    cfg = load_config(None, {"train.patience": None}).train
+    return fit_probe(head, make_loader(train, 8, True, 0), make_loader(validation, 16, False, 0), task, Accelerator(),
+                     Stage("head", None, lr=0.0, epochs=1, batch_size=8, solver="lbfgs", l2_grid=l2_grid), cfg, "fp32")  # fmt: skip
+
+
+def test_probe_reaches_the_ridge_solution_and_folds_the_standardisation():
+    scale = torch.tensor([0.1, 1.0, 10.0, 100.0], dtype=torch.float64)
+    x, y = data(200, 0, scale)
+    xv, yv = data(50, 1, scale)
+    as_items = lambda x, y: [{"features": r.float(), "labels": torch.tensor([t], dtype=torch.float32)} for r, t in zip(x, y)]  # noqa: E731
+    torch.manual_seed(0)
+    head = Head(4, 1)
+    l2 = 1e-2
+    result = fit(head, regression_task(), as_items(x, y), as_items(xv, yv), (l2,))
+
+    # Ridge on standardised features, the bias unpenalised: (Z'Z / N + l2 I) w = Z'(y - mean y) / N.
+    mean, std = x.mean(0), x.std(0)
+    z = (x - mean) / std
+    w = torch.linalg.solve(z.T @ z / len(z) + l2 * torch.eye(4, dtype=torch.float64), z.T @ (y - y.mean()) / len(z))
+    expected = z @ w + y.mean()
+    with torch.no_grad():
+        got = head(x.float()).squeeze(-1).double()  # raw features in: the standardisation is in the weights
+    assert torch.allclose(got, expected, atol=1e-3 * expected.abs().max()), (got - expected).abs().max()
+    assert result.best_step == 1 and result.best_metrics["l2"] == l2
+
+
+def test_probe_logistic_optimum_has_zero_gradient_and_l2_is_chosen_on_validation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=g)
+    labels = (x[:, 0] + 0.5 * x[:, 1] + 0.8 * torch.randn(300, generator=g) > 0).long()
+    items = [{"features": r, "labels": int(t)} for r, t in zip(x, labels)]
+    task = Classification(["a", "b"])
+    torch.manual_seed(0)
+    head = Head(6, 2)
+    result = fit(head, task, items[:200], items[200:], (1e-4, 1e-2, 1.0))
+    chosen = result.best_metrics["l2"]
+    assert chosen in (1e-4, 1e-2, 1.0) and result.best_metrics["accuracy"] >= 0.75
+
+    # KKT: at the optimum of mean cross-entropy + l2 |W|^2 on standardised features, the gradient is 0.
+    train = x[:200]
+    mean, std = train.mean(0), train.std(0)
+    w = (head.layer.weight * std).detach().requires_grad_()  # undo the fold: the weights on standardised inputs
+    b = (head.layer.bias + head.layer.weight @ mean).detach().requires_grad_()
+    loss = nn.functional.cross_entropy((train - mean) / std @ w.T + b, labels[:200]) + chosen * w.pow(2).sum()
+    loss.backward()
+    assert w.grad.abs().max() < 1e-3 and b.grad.abs().max() < 1e-3
+
+    # The strength kept is the one whose head validates best: refit each alone and compare.
+    losses = {}
+    for l2 in (1e-4, 1e-2, 1.0):
+        torch.manual_seed(0)
+        losses[l2] = fit(Head(6, 2), task, items[:200], items[200:], (l2,)).best_metrics
+    best = max(losses, key=lambda l2: (losses[l2]["accuracy"], -losses[l2]["loss"]))
+    assert chosen == best

@@ -1,0 +1,121 @@
+"""transferkit tune and lr-find: trials prune and fail as recorded, the test split is never seen, the
+best YAML trains, and the range test suggests a rate that learns."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from helpers import check_refused, tiny_overrides, toy_rows, write_csv
+from transferkit import cli, load_config, train, tune as tune_module
+from transferkit.tasks.classify import Classification
+from transferkit.training.lr_find import suggest
+
+
+@pytest.fixture()
+def spy_inputs(monkeypatch):
+    """Every text a task encodes or tests, whichever split it comes from."""
+    seen: list[str] = []
+    encode, test = Classification.encode, Classification.test
+
+    def spying_encode(self, model, examples, *args, **kwargs):
+        seen.extend(str(t) for t in examples.inputs)
+        return encode(self, model, examples, *args, **kwargs)
+
+    def spying_test(self, model, examples, *args, **kwargs):
+        seen.extend(str(t) for t in examples.inputs)
+        return test(self, model, examples, *args, **kwargs)
+
+    monkeypatch.setattr(Classification, "encode", spying_encode)
+    monkeypatch.setattr(Classification, "test", spying_test)
+    return seen
+
+
+def base(tiny_bert, toy_csv, tmp_path, regime="full", **extra):
+    return load_config(None, tiny_overrides(tiny_bert, toy_csv, tmp_path / "unused", regime, **extra))
+
+
+def test_search_never_sees_the_test_split_and_its_best_yaml_trains(tiny_bert, tmp_path, spy_inputs, monkeypatch):
+    train_csv = write_csv(tmp_path / "train.csv", toy_rows(80, seed=3))
+    test_rows = [dict(r, text=r["text"] + " marker") for r in toy_rows(20, seed=4)]
+    for word in ("marker",):  # the tiny BERT's vocabulary knows only the toy words: the marker is [UNK], harmless
+        assert all(word in r["text"] for r in test_rows)
+    test_csv = write_csv(tmp_path / "test.csv", test_rows)
+    spaces = iter([{"train.lr": 1e-3, "train.epochs": 3}, {"train.lr": 1e-6, "train.epochs": 3}, {"train.lr": 3e-3, "train.epochs": 3}])
+    monkeypatch.setitem(tune_module.SPACES, "full", lambda trial, centre: next(spaces))
+    cfg = base(tiny_bert, train_csv, tmp_path, **{"data.test": str(test_csv)})
+    rows = []
+    search = tune_module.tune(cfg, trials=3, output=tmp_path / "search", on_trial=rows.append)
+    assert not any("marker" in text for text in spy_inputs)  # the search encoded and scored no test text
+    assert [r["state"] for r in rows] == ["complete"] * 3 and len(search.trials) == 3
+    assert search.best["overrides"]["train.lr"] in (1e-3, 3e-3)  # not the rate that learns nothing
+    saved = json.loads((tmp_path / "search" / "tune.json").read_text())
+    assert saved["best"]["number"] == search.best["number"] and len(saved["trials"]) == 3
+    assert (tmp_path / "search" / "report.html").read_text().count("class='plot'") == 2
+    assert not any((tmp_path / "search" / "trials" / f"{n:03d}" / "model").exists() for n in range(3))
+
+    best_yaml = tmp_path / "search" / "best.yaml"
+    assert yaml.safe_load(best_yaml.read_text())["train"]["lr"] == search.best["overrides"]["train.lr"]
+    run = train(load_config(best_yaml, [f"output={tmp_path / 'best-run'}"]))
+    assert run.test_accuracy is not None and "marker" in " ".join(spy_inputs)  # train itself does test
+    # The validation split a trial was ranked on is the one the final run validates on: the same score.
+    assert math.isclose(run.metrics["validation"]["accuracy"], search.best["value"], abs_tol=1e-9)
+
+
+def test_bad_trials_are_pruned_and_failed_trials_recorded(tiny_bert, toy_csv, tmp_path, monkeypatch):
+    good = {"train.lr": 2e-3, "train.epochs": 4, "train.eval_every_steps": 3}
+    useless = {"train.lr": 1e-9, "train.epochs": 4, "train.eval_every_steps": 3}
+    plan = [good, good, good, good, useless, {"lora.r": 0}]
+    monkeypatch.setitem(tune_module.SPACES, "full", lambda trial, centre: plan[trial.number])
+    # The tiny BERT separates the toy task from the start: the loss, not the accuracy, tells the rates apart.
+    search = tune_module.tune(base(tiny_bert, toy_csv, tmp_path, **{"train.metric": "loss"}), trials=6, output=tmp_path / "search")
+    states = [t["state"] for t in search.trials]
+    assert states[:4] == ["complete"] * 4
+    assert states[4] == "pruned" and search.trials[4]["pruned_at"] >= 2  # below the median of the four before it
+    assert not (tmp_path / "search" / "trials" / "004").exists()  # a pruned trial leaves nothing half-written
+    assert states[5] == "failed" and "lora.r" in search.trials[5]["error"]
+    assert "pruned" in (tmp_path / "search" / "tune.md").read_text()
+
+
+def test_tune_refuses_bad_input_cleanly(tiny_bert, toy_csv, tmp_path, capsys):
+    common = ["--model", str(tiny_bert), "--data", str(toy_csv), "--output", str(tmp_path / "s")]
+    check_refused(capsys, ["tune", *common, "--trials", "0"], tmp_path / "s", "budget")
+    check_refused(capsys, ["tune", *common, "--regime", "nope"], tmp_path / "s", "regime")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    check_refused(capsys, ["tune", "--model", str(tiny_bert), "--data", str(toy_csv), "--output", str(tmp_path / "mine")], tmp_path / "mine", "did not write")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def test_suggestion_is_the_steepest_descent_before_the_minimum():
+    lrs = [1e-6 * 10 ** (i / 10) for i in range(50)]  # 1e-6 .. ~8e-2
+    # A loss flat, then falling fastest around 1e-4, lowest near 1e-3, then rising.
+    losses = [2.0 - math.tanh((math.log10(lr) + 4) * 1.5) + (max(0.0, math.log10(lr) + 3) ** 2) * 3 for lr in lrs]
+    suggested = suggest(lrs, losses)
+    assert 5e-5 <= suggested <= 2e-4
+    assert suggest(lrs[:3], losses[:3]) is None  # too short a curve to say
+
+
+def test_lr_find_writes_its_plot_and_train_uses_the_suggestion(tiny_bert, toy_csv, tmp_path, capsys):
+    overrides = tiny_overrides(tiny_bert, toy_csv, tmp_path / "run", "full")
+    assert cli.main(["lr-find", *overrides, "--output", str(tmp_path / "lr")]) == 0
+    out = capsys.readouterr().out
+    found = json.loads((tmp_path / "lr" / "lr_find.json").read_text())
+    assert f"{found['suggested']:.3g}" in out and 1e-6 < found["suggested"] < 1.0
+    assert found["smoothed"][-1] > min(found["smoothed"])  # it ran until the loss turned up
+    assert (tmp_path / "lr" / "report.html").read_text().count("class='plot'") == 1
+
+    run = train(load_config(None, overrides + ["train.lr=suggested", "train.epochs=3"]))
+    assert isinstance(run.config.train.lr, float) and run.config.train.lr == pytest.approx(found["suggested"])
+    assert yaml.safe_load((run.dir / "config.yaml").read_text())["train"]["lr"] == run.config.train.lr
+    assert run.test_accuracy >= 0.9  # the suggested rate learns the toy task
+    assert "range test" in (run.dir / "report.html").read_text()
+
+
+def test_lr_suggested_is_refused_where_there_is_no_rate(tiny_bert, toy_csv, tmp_path, capsys):
+    overrides = tiny_overrides(tiny_bert, toy_csv, tmp_path / "run", "freeze")
+    check_refused(capsys, ["train", *overrides, "train.lr=suggested"], tmp_path / "run", "L-BFGS", "freeze.solver=adam")
+    check_refused(capsys, ["train", *overrides, "train.lr=fast"], tmp_path / "run", "train.lr")
