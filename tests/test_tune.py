@@ -119,3 +119,24 @@ def test_lr_suggested_is_refused_where_there_is_no_rate(tiny_bert, toy_csv, tmp_
     overrides = tiny_overrides(tiny_bert, toy_csv, tmp_path / "run", "freeze")
     check_refused(capsys, ["train", *overrides, "train.lr=suggested"], tmp_path / "run", "L-BFGS", "freeze.solver=adam")
     check_refused(capsys, ["train", *overrides, "train.lr=fast"], tmp_path / "run", "train.lr")
+
+
+def test_compare_tune_compares_each_regime_at_its_tuned_settings(tiny_bert, toy_csv, tmp_path, capsys, monkeypatch):
+    # full's own space trains up to 8 epochs a trial: one epoch here, the rate still sampled. freeze's is its own.
+    monkeypatch.setitem(tune_module.SPACES, "full", lambda trial, centre: {"train.lr": trial.suggest_float("train.lr", 1e-4, 1e-2, log=True)})
+    overrides = tiny_overrides(tiny_bert, toy_csv, tmp_path / "unused", "full", **{"train.epochs": 1})
+    assert cli.main(["compare", *overrides, "--regimes", "full,freeze", "--tune", "2", "--output", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "c" / "compare.json").read_text())
+    for regime in ("full", "freeze"):
+        search = json.loads((tmp_path / "c" / f"tune-{regime}" / "tune.json").read_text())
+        assert len(search["trials"]) == 2 and saved["tuned"][regime] == search["best"]["overrides"]
+        row = next(r for r in saved["rows"] if r["regime"] == regime)
+        used = yaml.safe_load((tmp_path / "c" / f"{regime}-nall-seed0" / "config.yaml").read_text())
+        for key, value in search["best"]["overrides"].items():  # the run used the tuned values
+            section, name = key.split(".")
+            assert used[section][name] == value, key
+        assert row["tuned"] == search["best"]["overrides"]
+        assert f"tuned {regime}:" in out
+    assert "Settings found by transferkit tune" in (tmp_path / "c" / "compare.md").read_text()
+    assert "Tuned settings" in (tmp_path / "c" / "report.html").read_text()

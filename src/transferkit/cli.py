@@ -339,9 +339,17 @@ def cmd_compare(args) -> int:
         else:
             print(f"{where}  running ...", flush=True)
 
-    result = compare(base, [r.strip() for r in args.regimes.split(",")], sizes, seeds, args.output, on_run, bars=True)
+    def on_trial(regime: str, row: dict) -> None:
+        value = f"{row['value']:.4f}" if row["value"] is not None else "-"
+        print(f"[tune {regime}] trial {row['number'] + 1}/{args.tune} {row['state']:<8} {value}", flush=True)
+
+    tune_trials = None if args.tune is None else _positive_int(args.tune, "--tune")
+    result = compare(base, [r.strip() for r in args.regimes.split(",")], sizes, seeds, args.output, on_run, bars=True,
+                     tune_trials=tune_trials, on_trial=on_trial)  # fmt: skip
     print()
     print(text_table(result.summary, result.quality))
+    for regime, values in result.tuned.items():
+        print(f"tuned {regime}: " + (", ".join(f"{k}={v}" for k, v in values.items()) or "its defaults"))
     print(f"\ntable: {result.dir / 'compare.md'}  data: {result.dir / 'compare.json'}  report: {result.dir / 'report.html'}")
     failed = [row for row in result.rows if "error" in row]
     if failed:
@@ -503,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-sizes", help="comma-separated training-set sizes, 'all' for the whole split "
                    "(default: the config's data.train_size, else all)")
     p.add_argument("--seeds", default="1", help="runs per regime and size, with seeds 0, 1, ... (default: 1)")
+    p.add_argument("--tune", help="first tune each regime with this many trials (transferkit tune), and compare them at "
+                   "their best settings rather than their defaults")
     p.add_argument("--model", help="built-in model name or a local model folder")
     p.add_argument("--data", help="built-in dataset name or a data file / image folder")
     p.add_argument("--text-column", help="column with the input text (default: text)")

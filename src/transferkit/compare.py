@@ -37,6 +37,8 @@ class Comparison:
     quality: list = field(default_factory=list)
     """The task's metric columns (key, title, format)."""
     headlines: list[str] = field(default_factory=list)
+    tuned: dict = field(default_factory=dict)
+    """With --tune: each regime's settings found by the search, as config overrides."""
 
 
 def compare(
@@ -47,17 +49,24 @@ def compare(
     output: str | Path | None = None,
     on_run: Callable[[int, int, dict], None] = lambda i, n, row: None,
     bars: bool = False,
+    tune_trials: int | None = None,
+    on_trial: Callable[[str, dict], None] = lambda regime, row: None,
 ) -> Comparison:
     """Run every regime x train size x seed on `base`'s model and data; write the table and report.
 
     `on_run(i, n, row)` is called before each run (row without results) and after it (with them);
     `bars` draws each run's progress bars (stderr), labelled with the run's place in the comparison.
+    `tune_trials`: first search each regime's hyperparameters with this many trials (transferkit tune,
+    on the validation split, in tune-<regime>/), and compare the regimes at their best settings, not
+    at their defaults; `on_trial(regime, row)` is called as each trial ends.
     """
     unknown = [r for r in regimes if r not in REGIMES]
     if unknown:
         raise UserError(f"unknown regime '{unknown[0]}'; choose from: {', '.join(REGIMES)}")
     out = Path(output or Path("runs") / f"compare-{Path(base.data.name).stem}")
     folders.check_output(out, base.overwrite, kind="comparison")
+    if tune_trials is not None and tune_trials < 1:
+        raise UserError(f"--tune must be a number of trials, 1 or more (got {tune_trials})")
     plans = [(r, n, s) for n in train_sizes for r in regimes for s in seeds]
     configs = [_run_config(base, out, regime, size, seed) for regime, size, seed in plans]  # checks every config first
     task = _check_inputs(base)  # bad data or a bad model stops here, before any folder is made
@@ -73,8 +82,14 @@ def compare(
         folders.write_text(out / "compare.yaml", f"{folders.COMPARISON_HEADER}\n# the base configuration every run of this comparison shares\n"
                            + yaml.safe_dump(base.to_dict(), sort_keys=False, allow_unicode=True))  # fmt: skip
         result = Comparison(out)
+        tuned = _tune_each(base, regimes, out, tune_trials, on_trial) if tune_trials else {}
+        result.tuned = {regime: search.best["overrides"] for regime, search in tuned.items()}
+        if tuned:
+            configs = [load_config(cfg, result.tuned[regime]) for (regime, _, _), cfg in zip(plans, configs)]
         for i, ((regime, size, seed), cfg) in enumerate(zip(plans, configs), start=1):
             row = {"regime": regime, "train_size": size or "all", "seed": seed, "run": str(cfg.run_dir)}
+            if regime in result.tuned:
+                row["tuned"] = result.tuned[regime]
             on_run(i, len(plans), row)
             try:
                 row.update(_measure(cfg, f"[{i}/{len(plans)}] {regime}" if bars else None))
@@ -86,15 +101,35 @@ def compare(
             raise UserError(f"every run failed; the first said: {result.rows[0]['error']}")
         result.summary = summarise([row for row in result.rows if "error" not in row], task.headlines)
         result.quality, result.headlines = task.columns, list(task.headlines)
-        folders.write_text(out / "compare.md", markdown_table(result.summary, task.columns, [r for r in result.rows if "error" in r]))
+        folders.write_text(out / "compare.md", markdown_table(result.summary, task.columns, [r for r in result.rows if "error" in r])
+                           + _tuned_markdown(result.tuned))  # fmt: skip
         from .card import comparison_card
 
         folders.write_text(out / "README.md", comparison_card(result, base))
         folders.write_text(out / "report.html", _report(result, base))
-        folders.write_text(out / "compare.json", json.dumps({"rows": result.rows, "summary": result.summary}, indent=2))
+        folders.write_text(out / "compare.json", json.dumps({"rows": result.rows, "summary": result.summary, "tuned": result.tuned}, indent=2))
     finally:
         lock.release()
     return result
+
+
+def _tune_each(base: RunConfig, regimes: list[str], out: Path, trials: int, on_trial) -> dict:
+    """Each regime's best settings from `trials` trials of transferkit tune, on the full training split."""
+    from .tune import tune
+
+    searches = {}
+    for regime in regimes:
+        cfg = load_config(base, {"regime": regime, "output": str(out / f"tune-{regime}"), "overwrite": True})
+        searches[regime] = tune(cfg, trials, output=cfg.run_dir, on_trial=lambda row, regime=regime: on_trial(regime, row))
+    return searches
+
+
+def _tuned_markdown(tuned: dict) -> str:
+    if not tuned:
+        return ""
+    lines = ["", "Settings found by transferkit tune (on the validation split) for each regime:", ""]
+    lines += [f"- {regime}: " + (", ".join(f"{k}={v}" for k, v in values.items()) or "its defaults") for regime, values in tuned.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _check_inputs(base: RunConfig):

@@ -205,6 +205,10 @@ def comparison_report(comparison, title: str, base_yaml: str, quality: list, hea
         "resident memory of the run's own process (on a GPU: peak allocated). Forgetting, where measured: the change "
         "in perplexity of general text (causal LMs), or the linear CKA of general-text embeddings before and after "
         "and the change in a second task's linear-probe accuracy (encoders).</p>",
+        *(["<h2>Tuned settings</h2>", "<p>Each regime ran with the best settings its own search found on the validation "
+            "split (transferkit tune; the trials and their plots are in tune-&lt;regime&gt;/report.html).</p>",
+            table(["regime", "settings"], [[r, ", ".join(f"{k}={v}" for k, v in values.items())] for r, values in comparison.tuned.items()])]
+          if getattr(comparison, "tuned", None) else []),
         "<h2>Plots</h2>", "<div class='plots'>", *plots, "</div>",
         "<h2>Base configuration</h2>", f"<pre>{html.escape(base_yaml)}</pre>",
     ])
