@@ -45,7 +45,7 @@ def test_search_never_sees_the_test_split_and_its_best_yaml_trains(tiny_bert, tm
         assert all(word in r["text"] for r in test_rows)
     test_csv = write_csv(tmp_path / "test.csv", test_rows)
     spaces = iter([{"train.lr": 1e-3, "train.epochs": 3}, {"train.lr": 1e-6, "train.epochs": 3}, {"train.lr": 3e-3, "train.epochs": 3}])
-    monkeypatch.setitem(tune_module.SPACES, "full", lambda trial, centre: next(spaces))
+    monkeypatch.setitem(tune_module.SPACES, "full", lambda trial, defaults, centre: next(spaces))
     cfg = base(tiny_bert, train_csv, tmp_path, **{"data.test": str(test_csv)})
     rows = []
     search = tune_module.tune(cfg, trials=3, output=tmp_path / "search", on_trial=rows.append)
@@ -69,7 +69,7 @@ def test_bad_trials_are_pruned_and_failed_trials_recorded(tiny_bert, toy_csv, tm
     good = {"train.lr": 2e-3, "train.epochs": 4, "train.eval_every_steps": 3}
     useless = {"train.lr": 1e-9, "train.epochs": 4, "train.eval_every_steps": 3}
     plan = [good, good, good, good, useless, {"lora.r": 0}]
-    monkeypatch.setitem(tune_module.SPACES, "full", lambda trial, centre: plan[trial.number])
+    monkeypatch.setitem(tune_module.SPACES, "full", lambda trial, defaults, centre: plan[trial.number])
     # The tiny BERT separates the toy task from the start: the loss, not the accuracy, tells the rates apart.
     search = tune_module.tune(base(tiny_bert, toy_csv, tmp_path, **{"train.metric": "loss"}), trials=6, output=tmp_path / "search")
     states = [t["state"] for t in search.trials]
@@ -123,7 +123,7 @@ def test_lr_suggested_is_refused_where_there_is_no_rate(tiny_bert, toy_csv, tmp_
 
 def test_compare_tune_compares_each_regime_at_its_tuned_settings(tiny_bert, toy_csv, tmp_path, capsys, monkeypatch):
     # full's own space trains up to 8 epochs a trial: one epoch here, the rate still sampled. freeze's is its own.
-    monkeypatch.setitem(tune_module.SPACES, "full", lambda trial, centre: {"train.lr": trial.suggest_float("train.lr", 1e-4, 1e-2, log=True)})
+    monkeypatch.setitem(tune_module.SPACES, "full", lambda trial, defaults, centre: {"train.lr": trial.suggest_float("train.lr", 1e-4, 1e-2, log=True)})
     overrides = tiny_overrides(tiny_bert, toy_csv, tmp_path / "unused", "full", **{"train.epochs": 1})
     assert cli.main(["compare", *overrides, "--regimes", "full,freeze", "--tune", "2", "--output", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
@@ -140,3 +140,23 @@ def test_compare_tune_compares_each_regime_at_its_tuned_settings(tiny_bert, toy_
         assert f"tuned {regime}:" in out
     assert "Settings found by transferkit tune" in (tmp_path / "c" / "compare.md").read_text()
     assert "Tuned settings" in (tmp_path / "c" / "report.html").read_text()
+
+
+@pytest.mark.parametrize("regime", sorted(tune_module.SPACES))
+def test_every_space_samples_configs_that_load_and_holds_the_defaults(regime):
+    import optuna
+
+    from transferkit.methods import resolve_defaults
+
+    base_cfg = load_config(None, {"regime": regime})
+    defaults = resolve_defaults(base_cfg, 200)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        values = tune_module.SPACES[regime](study.ask(), defaults, None)
+        load_config(base_cfg, values)  # every sampled value is one the config accepts
+    if defaults.train.lr and "train.lr" in values:
+        low, high = study.trials[0].distributions["train.lr"].low, study.trials[0].distributions["train.lr"].high
+        assert low <= defaults.train.lr <= high
+    if "train.epochs" in values:
+        dist = study.trials[0].distributions["train.epochs"]
+        assert dist.low <= defaults.train.epochs <= dist.high

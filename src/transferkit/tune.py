@@ -34,44 +34,49 @@ from .methods import REGIMES
 LOWER_IS_BETTER = ("loss", "loss+general", "rmse", "mae", "perplexity")
 
 
-def _space_full(trial, lr_centre):
-    return {"train.lr": _lr(trial, 1e-5, 3e-4, lr_centre), "train.epochs": trial.suggest_int("train.epochs", 2, 8),
+# Each space is centred on the regime's own defaults as resolved for this data (`d`, a RunConfig):
+# the rate a decade either side (or either side of an LR finder's suggestion), the epochs from a third
+# to twice the default (which on small data is already raised to make enough steps), so the defaults
+# are always a point the search can find.
+
+
+def _space_full(trial, d, lr_centre):
+    return {"train.lr": _lr(trial, d, lr_centre), "train.epochs": _epochs(trial, d),
             "train.batch_size": trial.suggest_categorical("train.batch_size", [8, 16, 32]),
             "train.weight_decay": trial.suggest_categorical("train.weight_decay", [0.0, 0.01, 0.1])}  # fmt: skip
 
 
-def _space_lora(trial, lr_centre):
+def _space_lora(trial, d, lr_centre):
     r = trial.suggest_categorical("lora.r", [4, 8, 16, 32])
-    return {"train.lr": _lr(trial, 1e-4, 5e-3, lr_centre), "train.epochs": trial.suggest_int("train.epochs", 2, 8),
-            "train.batch_size": trial.suggest_categorical("train.batch_size", [8, 16, 32]), "lora.r": r,
-            "lora.alpha": r * trial.suggest_categorical("lora.alpha_over_r", [1, 2, 4]),
-            "train.weight_decay": trial.suggest_categorical("train.weight_decay", [0.0, 0.01, 0.1])}  # fmt: skip
+    return {**_space_full(trial, d, lr_centre), "lora.r": r, "lora.alpha": r * trial.suggest_categorical("lora.alpha_over_r", [1, 2, 4])}
 
 
-def _space_prompt(trial, lr_centre):
-    return {"train.lr": _lr(trial, 3e-4, 3e-2, lr_centre), "train.epochs": trial.suggest_int("train.epochs", 3, 15),
+def _space_prompt(trial, d, lr_centre):
+    return {"train.lr": _lr(trial, d, lr_centre), "train.epochs": _epochs(trial, d),
             "train.batch_size": trial.suggest_categorical("train.batch_size", [8, 16, 32]),
             "prompt.num_virtual_tokens": trial.suggest_categorical("prompt.num_virtual_tokens", [8, 20, 40])}  # fmt: skip
 
 
-def _space_staged(trial, lr_centre):
-    return {"train.lr": _lr(trial, 1e-5, 3e-4, lr_centre), "train.epochs": trial.suggest_int("train.epochs", 1, 6),
+def _space_staged(trial, d, lr_centre):
+    return {"train.lr": _lr(trial, d, lr_centre), "train.epochs": _epochs(trial, d),
             "staged.layer_decay": trial.suggest_float("staged.layer_decay", 0.5, 1.0),
             "train.batch_size": trial.suggest_categorical("train.batch_size", [8, 16, 32])}  # fmt: skip
 
 
-def _space_freeze(trial, lr_centre):
+def _space_freeze(trial, d, lr_centre):
+    if d.freeze.solver == "adam":
+        return {"train.lr": _lr(trial, d, lr_centre), "train.epochs": _epochs(trial, d)}
     # The probe already picks its L2 strength from a grid on validation; the search widens that to one
     # continuous strength.
     return {"freeze.l2": [str(trial.suggest_float("freeze.l2", 1e-6, 10.0, log=True))]}
 
 
-def _space_scratch(trial, lr_centre):
-    return {"train.lr": _lr(trial, 5e-5, 3e-3, lr_centre), "train.epochs": trial.suggest_int("train.epochs", 5, 30),
+def _space_scratch(trial, d, lr_centre):
+    return {"train.lr": _lr(trial, d, lr_centre), "train.epochs": _epochs(trial, d),
             "train.batch_size": trial.suggest_categorical("train.batch_size", [16, 32, 64])}  # fmt: skip
 
 
-def _space_icl(trial, lr_centre):
+def _space_icl(trial, d, lr_centre):
     return {"icl.shots": str(trial.suggest_categorical("icl.shots", [0, 1, 2, 4, 8, 16])),
             "icl.calibrate": trial.suggest_categorical("icl.calibrate", [False, True])}  # fmt: skip
 
@@ -80,11 +85,14 @@ SPACES: dict[str, Callable] = {"full": _space_full, "lora": _space_lora, "prompt
                                "freeze": _space_freeze, "scratch": _space_scratch, "icl": _space_icl}  # fmt: skip
 
 
-def _lr(trial, low: float, high: float, centre: float | None) -> float:
-    """Log-uniform over the regime's range, or over a decade either side of an LR finder's suggestion."""
-    if centre:
-        low, high = centre / 10, centre * 10
-    return trial.suggest_float("train.lr", low, high, log=True)
+def _lr(trial, d, centre: float | None) -> float:
+    """Log-uniform over a decade either side of the default rate, or of an LR finder's suggestion."""
+    centre = centre or d.train.lr
+    return trial.suggest_float("train.lr", centre / 10, centre * 10, log=True)
+
+
+def _epochs(trial, d) -> int:
+    return trial.suggest_int("train.epochs", max(1, d.train.epochs // 3), max(2, 2 * d.train.epochs))
 
 
 @dataclass
@@ -139,7 +147,7 @@ def tune(base: RunConfig, trials: int | None = 20, minutes: float | None = None,
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our row with its reason, not Optuna's traceback
         study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=base.train.seed),
                                     pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2))  # not on the first, noisiest validation  # fmt: skip
-        objective = _objective(base, staging, metric, train_size, lr_centre, progress)
+        objective = _objective(base, setup.cfg, staging, metric, train_size, lr_centre, progress)
 
         def finished(study, frozen) -> None:
             row = _row(frozen)
@@ -169,13 +177,13 @@ def tune(base: RunConfig, trials: int | None = 20, minutes: float | None = None,
     return search
 
 
-def _objective(base: RunConfig, staging: Path, metric: str, train_size: int | None, lr_centre: float | None, progress):
+def _objective(base: RunConfig, defaults: RunConfig, staging: Path, metric: str, train_size: int | None, lr_centre: float | None, progress):
     import optuna
 
     from .runs import train
 
     def objective(trial) -> float:
-        values = SPACES[base.regime](trial, lr_centre)
+        values = SPACES[base.regime](trial, defaults, lr_centre)
         trial.set_user_attr("overrides", values)
         folder = staging / "trials" / f"{trial.number:03d}"
         overrides = {**values, "output": str(folder), "overwrite": True}
