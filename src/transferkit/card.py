@@ -138,9 +138,17 @@ def _trained(cfg, metrics: dict) -> str:
     if metrics.get("stages"):
         lines += ["", "| stage | learning rate | epochs | optimizer steps | examples | parameters trained | stopped early |",
                   "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
-        lines += [f"| {s['name']} | {s['lr']:g} | {s['epochs']} | {s['steps']} | {s['examples']:,} | {s['trainable_parameters']:,} | "
+        lines += [f"| {s['name']} | {_rate(s)} | {s['epochs'] or '-'} | {s['steps']} | {s['examples']:,} | {s['trainable_parameters']:,} | "
                   f"{'yes' if s['stopped_early'] else 'no'} |" for s in metrics["stages"]]  # fmt: skip
     return "\n".join(lines)
+
+
+def _rate(stage: dict) -> str:
+    """A stage's learning rate; a head fit by L-BFGS has none (its steps are iterations, L2 chosen on validation)."""
+    if stage.get("solver", "adam") == "adam":
+        return f"{stage['lr']:g}"
+    l2 = stage["best_validation"].get("l2")
+    return "L-BFGS" + (f", L2 {l2:g}" if l2 is not None else "")
 
 
 def _data(cfg, metrics: dict) -> str:
