@@ -391,6 +391,9 @@ def test_cli_advice_from_a_size_alone(capsys):
         (["--lora-targets", "nope"], ["--lora-targets", "query"]),
         (["--examples", "10", "--data", "x.csv"], ["--data", "--examples"]),
         (["--data", "missing.csv"], ["missing.csv", "does not exist"]),
+        (["--processes", "0"], ["--processes", "at least 1"]),
+        (["--processes", "two"], ["--processes", "two"]),
+        (["--sharding", "foo"], ["--sharding", "none, fsdp", "foo"]),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(capsys, tiny_folder, argv, words):
@@ -409,6 +412,84 @@ def test_cli_bad_learning_curve_file(capsys, tiny_folder, tmp_path):
     path.write_text('[{"regime": "full"}]')
     code, _, err = run_cli(capsys, "--model", str(tiny_folder), "--examples", "100", "--learning-curve", str(path))
     assert code == 2 and "train_size" in err
+
+
+# --- several processes: per-device memory under DDP and FSDP --------------------------------------
+
+SHARDED = ("weights", "gradients", "optimizer")
+
+
+def plan_json(capsys, *argv: str) -> dict:
+    code, out, err = run_cli(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_fsdp_on_8_processes_holds_an_eighth_of_weights_gradients_and_optimizer_state(capsys, tmp_path):
+    model = str(write_config(tmp_path / "llama-3-70b", **LLAMA_3_70B))
+    common = ("--model", model, "--task", "lm", "--precision", "bf16", "--batch", "1", "--seq", "2048")
+    one = plan_json(capsys, *common)
+    fsdp = plan_json(capsys, *common, "--processes", "8", "--sharding", "fsdp")
+    ddp = plan_json(capsys, *common, "--processes", "8", "--sharding", "none")
+    assert (fsdp["processes"], fsdp["sharding"], fsdp["shards"], fsdp["figures"]) == (8, "fsdp", 8, "per device")
+    assert list(fsdp["plans"]) == ["full", "freeze", "lora", "prompt"]
+    for regime, single in one["plans"].items():
+        sharded, replica = fsdp["plans"][regime], ddp["plans"][regime]
+        for name in SHARDED:  # exactly an eighth, to the byte
+            assert sharded[name] == single[name] // 8, (regime, name)
+        assert sharded["activations"] == single["activations"]  # each device runs its own micro-batch
+        assert sharded["gathered"] > 0 and sharded["buckets"] == 0
+        assert sharded["setup"]["processes"] == 8 and sharded["setup"]["sharding"] == "fsdp"
+        # DDP: a full replica on each device, plus all-reduce buckets as large as the gradients.
+        for name in (*SHARDED, "activations"):
+            assert replica[name] == single[name], (regime, name)
+        assert replica["buckets"] == single["gradients"] and replica["gathered"] == 0
+        assert replica["peak"] > single["peak"] > sharded["peak"]
+    full = one["plans"]["full"]
+    assert full["weights"] / 1e9 == pytest.approx(141, abs=2)  # 70.6B parameters in bf16
+    assert fsdp["plans"]["full"]["weights"] / 1e9 == pytest.approx(141 / 8, abs=0.3)
+
+
+def test_fsdp_on_one_process_is_one_shard(capsys, tmp_path):
+    model = str(write_config(tmp_path / "llama-3-8b", **LLAMA_3_8B))
+    alone = plan_json(capsys, "--model", model, "--regime", "full")
+    one_shard = plan_json(capsys, "--model", model, "--regime", "full", "--sharding", "fsdp")
+    assert one_shard["shards"] == 1
+    for name in (*SHARDED, "activations", "weight_copies", "peak"):
+        assert one_shard["plans"]["full"][name] == alone["plans"]["full"][name]
+    code, out, _ = run_cli(capsys, "--model", model, "--regime", "full", "--sharding", "fsdp")
+    assert code == 0 and "one shard" in out
+
+
+def test_the_fewest_gpus_that_fit_are_named(capsys, tmp_path):
+    from dataclasses import replace
+
+    from transferkit.planning.fixes import fewest_processes
+    from transferkit.planning.memory import plan
+
+    budget = 80 * 2**30
+    arch, p = planned(LLAMA_3_70B, tmp_path, regime="full", precision="bf16", task="lm", batch_size=1, seq_len=2048, gradient_checkpointing=True)
+    assert not p.fits(budget)
+    found = fewest_processes(arch, p.setup, budget)
+    n = found.setup.processes
+    assert found.setup.sharding == "fsdp" and found.fits(budget)
+    assert not plan(arch, replace(p.setup, processes=n - 1, sharding="fsdp")).fits(budget)
+    assert 8 <= n <= 16  # 8 bytes a parameter (bf16 weights, gradients, AdamW moments): 565 GB before activations
+    # What already fits needs one device; what no count fits (activations alone too large) gets None.
+    assert fewest_processes(arch, p.setup, 10_000 * 2**30).setup.processes == 1
+    assert fewest_processes(arch, replace(p.setup, gradient_checkpointing=False, precision="mixed-bf16"), budget) is None
+
+    model = str(tmp_path / "llama")  # the folder planned() wrote
+    common = ("--model", model, "--regime", "full", "--task", "lm", "--precision", "bf16", "--batch", "1", "--seq", "2048")
+    code, out, _ = run_cli(capsys, *common, "--gradient-checkpointing", "--gpu-memory", "80G")
+    assert code == 0
+    assert f"70.6B full fine-tuning in bf16 needs at least {n} GPUs of 80.0 GiB with --sharding fsdp" in out
+    code, out, _ = run_cli(capsys, *common, "--gpu-memory", "80G", "--processes", "8")  # DDP: 8 replicas
+    assert "needs at least" in out and f"with gradient checkpointing, at least {n} " in out
+    result = plan_json(capsys, *common, "--gradient-checkpointing", "--gpu-memory", "80G", "--examples", "50000")
+    assert result["plans"]["full"]["fewest_processes"]["as_set_up"] == n
+    several = [f for f in result["advice"]["findings"] if f["rule"] == "several devices"]
+    assert several and f"at least {n} devices of 80.0 GiB" in several[0]["reason"]
 
 
 # --- slow: the plan against the measured peak memory of real runs on this machine -----------------

@@ -57,6 +57,7 @@ Each export is checked on the run's test split before it is kept (the largest pr
   transferkit plan --model minilm-l6 --data reviews.csv      # memory plus which regime fits this data
   transferkit plan --model ./big-model/config.json --examples 20 --classes 3 --gpu-memory 80G --json
   transferkit plan --model minilm-l6 --examples 300 --learning-curve runs/compare-reviews/compare.json
+  transferkit plan --model ./Llama-3-70B --regime full --precision bf16 --task lm --processes 8 --sharding fsdp --gpu-memory 80G
 --learning-curve reads an earlier comparison's compare.json, or results you measured, as JSON:
   {"results": [{"regime": "full", "train_size": 100, "accuracy": 0.81}, ...]}""",
 }
@@ -179,7 +180,7 @@ def cmd_plan(args) -> None:
     from .planning.architecture import from_config, load_config
     from .planning.fixes import cheapest_fix, lowest_memory
     from .planning.memory import REGIMES, Setup, parse_memory, plan
-    from .report.plan import assumptions, format_advice, format_plans
+    from .report.plan import assumptions, devices_needed, format_advice, format_devices, format_plans
 
     budget = parse_memory(args.gpu_memory) if args.gpu_memory is not None else None
     data = _plan_data(args)
@@ -201,6 +202,8 @@ def cmd_plan(args) -> None:
         num_labels=args.labels or (len(data.class_counts) if data else 2),
         device=args.device,
         examples=data.examples if data else None,
+        processes=args.processes,
+        sharding=args.sharding,
     )
     plans = {r: plan(arch, replace(setup, regime=r)) for r in REGIMES}
     shown = {r: plans[r] for r in ([setup.regime] if args.regime else REGIMES)}
@@ -209,21 +212,32 @@ def cmd_plan(args) -> None:
         for r, p in shown.items()
         if budget is not None and p.possible and not p.fits(budget)
     }
+    # The fewest FSDP processes on which each regime fits, as set up and with checkpointing.
+    needed = {r: devices_needed(arch, r, p.setup, budget) for r, p in plans.items() if budget is not None and p.possible}
+    spread = {r: f"{r} across devices: {format_devices(arch, r, shown[r].setup, budget, needed[r])}" for r in fixes}
     advice = None
     if data is not None:
         from .methods import REGIMES
 
-        facts = Facts(data, arch.parameters(setup.task, setup.num_labels), arch.is_decoder, plans, budget, curve, tuple(REGIMES))
+        fewest = {r: None if found[0] is None else found[0].setup.processes for r, found in needed.items()}
+        facts = Facts(
+            data, arch.parameters(setup.task, setup.num_labels), arch.is_decoder, plans, budget, curve, tuple(REGIMES), fewest
+        )
         advice = advise(facts)
     if args.json:
         out = {
             "model": args.model,
             "architecture": asdict(arch),
             "budget_bytes": budget,
+            "processes": setup.processes,
+            "sharding": setup.sharding,
+            "shards": setup.shards,
+            "figures": "per device",
             "plans": {
                 r: p.to_dict()
                 | {"fits": None if budget is None else p.fits(budget)}
                 | ({"fix": {"changes": fixes[r].changes, "fits": fixes[r].plan.fits(budget), "plan": fixes[r].plan.to_dict()}} if r in fixes else {})
+                | ({"fewest_processes": _fewest_json(needed[r])} if r in needed else {})
                 for r, p in shown.items()
             },
             "assumptions": assumptions(arch, setup),
@@ -232,12 +246,22 @@ def cmd_plan(args) -> None:
         }
         print(json.dumps(out, indent=2))
         return
-    print(format_plans(shown, budget, fixes))
+    print(format_plans(shown, budget, fixes, spread))
     print("\nassumptions:")
     print("\n".join(f"  - {line}" for line in assumptions(arch, setup)))
     if advice is not None:
         print()
         print(format_advice(data, advice))
+
+
+def _fewest_json(found) -> dict:
+    """The fewest FSDP processes that fit, as set up and with gradient checkpointing (null: none do, or not asked)."""
+    as_is, checkpointed = found
+    return {
+        "as_set_up": None if as_is is None else as_is.setup.processes,
+        "peak_per_device": None if as_is is None else as_is.peak,
+        "with_gradient_checkpointing": None if checkpointed is None else checkpointed.setup.processes,
+    }
 
 
 # The planner sizes heads, not tasks: every sequence-level task has a linear head of --labels outputs.
@@ -590,7 +614,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "or lm / generate (next-token prediction)")
     p.add_argument("--labels", type=int, help="number of classes (default: counted from --data, else 2)")
     p.add_argument("--device", default="cuda", help="cuda or cpu: which kernels the plan assumes (default: cuda)")
-    p.add_argument("--gpu-memory", help="memory budget: 24GiB, 24GB (10^9 bytes), 80G or 24 (GiB)")
+    p.add_argument("--gpu-memory", help="memory budget per device: 24GiB, 24GB (10^9 bytes), 80G or 24 (GiB)")
+    p.add_argument("--processes", type=int, default=1, help="data-parallel processes, one device each; figures are "
+                   "per device and --batch is each one's micro-batch (default: 1)")
+    p.add_argument("--sharding", default="none", help="none (DDP: a full replica per device) or fsdp (full shard: "
+                   "weights, gradients and optimizer state split --processes ways) (default: none)")
     p.add_argument("--data", help="built-in dataset or CSV / JSONL file: adds advice on which regime suits it")
     p.add_argument("--text-column", help="column with the text (default: text)")
     p.add_argument("--label-column", help="column with the label (default: label)")

@@ -105,6 +105,8 @@ class Facts:
     curve: list[CurvePoint] = field(default_factory=list)
     available: tuple[str, ...] = REGIMES
     """Regimes transferkit can run today."""
+    fewest_processes: dict[str, int | None] = field(default_factory=dict)
+    """regime -> the fewest FSDP processes on which it fits the budget (None: no count does)."""
 
 
 @dataclass
@@ -222,6 +224,19 @@ def _memory(f: Facts) -> Finding | None:
     )
 
 
+def _several_devices(f: Facts) -> Finding | None:
+    full = f.plans.get("full")
+    needed = f.fewest_processes.get("full")
+    if f.budget is None or full is None or full.fits(f.budget) or needed is None or needed < 2:
+        return None
+    ddp = " (more processes without sharding do not help: DDP keeps a full replica on every device)" if full.setup.ddp else ""
+    return Finding(
+        "several devices",
+        f"full fine-tuning fits across at least {needed} devices of {f.budget / 2**30:.1f} GiB with --sharding fsdp, "
+        f"which splits the weights, gradients and optimizer state between them{ddp}.",
+    )
+
+
 def _learning_curve(f: Facts) -> Finding | None:
     if not f.curve:
         return None
@@ -252,6 +267,7 @@ RULES = [
     Rule("prompt tuning needs a large model", _small_model_prompt),
     Rule("text far from the pre-training domain", _domain_shift),
     Rule("limited memory", _memory),
+    Rule("several devices", _several_devices),
     Rule("earlier learning curve", _learning_curve),
 ]
 

@@ -6,6 +6,9 @@ gradient accumulation (same effective batch, slower), 8-bit AdamW (results close
 Dettmers et al. 2022). Then those that change what trains or how precisely: LoRA, frozen
 weights in bf16, 4-bit frozen weights (QLoRA). Last the one that changes the data: shorter
 sequences.
+
+More devices are another kind of cost (hardware, not results), so they are not in CHANGES:
+`fewest_processes` answers separately how many FSDP processes the setup needs as it is.
 """
 
 from __future__ import annotations
@@ -45,6 +48,33 @@ def cheapest_fix(arch: Architecture, setup: Setup, budget: int) -> Fix | None:
         if _apply(arch, setup, budget, fewer).plan.fits(budget):
             chosen = fewer
     return _apply(arch, setup, budget, chosen)
+
+
+MAX_PROCESSES = 65_536
+"""Where the search for a process count stops (no real cluster trains one model on more)."""
+
+
+def fewest_processes(arch: Architecture, setup: Setup, budget: int) -> Plan | None:
+    """The plan on the fewest FSDP processes whose per-device peak fits `budget`; None where no
+    count does (activations and the gathered blocks do not shrink as processes are added).
+
+    DDP never helps, since each device holds a full replica, so this always shards. Past one
+    process every phase's peak only falls as processes are added, so a binary search finds it.
+    """
+    one = plan(arch, replace(setup, processes=1, sharding="none"))
+    if one.fits(budget):
+        return one
+    if not one.possible or not _sharded(arch, setup, MAX_PROCESSES).fits(budget):
+        return None
+    low, high = 1, MAX_PROCESSES  # low does not fit, high does
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if _sharded(arch, setup, middle).fits(budget) else (middle, high)
+    return _sharded(arch, setup, high)
+
+
+def _sharded(arch: Architecture, setup: Setup, processes: int) -> Plan:
+    return plan(arch, replace(setup, processes=processes, sharding="fsdp"))
 
 
 def lowest_memory(arch: Architecture, setup: Setup, budget: int) -> Fix:

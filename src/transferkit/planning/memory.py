@@ -10,6 +10,13 @@ accumulation they are, and both count. Activations are what autograd keeps for t
 pass, counted tensor by tensor for the Hugging Face implementations in `activations.py`.
 The frozen regime (`freeze`) runs the backbone once without autograd and trains only the head
 on the cached features, so it needs the weights plus one forward pass's working memory.
+
+Every figure is per device. On N processes without sharding (DDP) each device holds a full
+replica, plus DDP's all-reduce buckets: a second copy of every gradient, since accelerate keeps
+PyTorch's default `gradient_as_bucket_view=False`. With FSDP full sharding (ZeRO-3) each device
+holds 1/N of the weights, gradients and optimizer state; activations do not shrink (each device
+runs its own micro-batch), and the forward and backward passes gather full weights one block at
+a time (`gathered`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ PRECISIONS = ("fp32", "mixed-bf16", "mixed-fp16", "bf16", "int8", "int4")
 OPTIMIZERS = ("adamw", "adamw-8bit", "sgd")
 TASKS = ("classify", "lm")
 DEVICES = ("cuda", "cpu")
+SHARDINGS = ("none", "fsdp")
 
 # Bytes per weight once quantised by bitsandbytes. int8: one byte plus an fp32 scale per row
 # (LLM.int8, Dettmers et al. 2022). int4: NF4 with double quantisation, 4.127 bits per weight
@@ -74,14 +82,22 @@ class Setup:
     the model's own. On a CPU any such dropout sends attention down the math kernel."""
     examples: int | None = None
     """Examples whose features the frozen regime caches (all splits); None: not counted."""
+    processes: int = 1
+    """Data-parallel processes, one device each; `batch_size` is each one's micro-batch."""
+    sharding: str = "none"
+    """none (DDP: a full replica per device) or fsdp (full shard: weights, gradients and
+    optimizer state split `processes` ways)."""
 
     def __post_init__(self):
+        if self.processes < 1:
+            raise UserError(f"--processes must be at least 1 (got {self.processes})")
         for name, allowed in (
             ("regime", REGIMES),
             ("precision", PRECISIONS),
             ("optimizer", OPTIMIZERS),
             ("task", TASKS),
             ("device", DEVICES),
+            ("sharding", SHARDINGS),
         ):
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)} (got '{getattr(self, name)}')")
@@ -96,6 +112,16 @@ class Setup:
     @property
     def quantized(self) -> bool:
         return self.precision in ("int8", "int4")
+
+    @property
+    def shards(self) -> int:
+        """Ways the weights, gradients and optimizer state are split. FSDP on one process is one
+        shard: PyTorch runs FULL_SHARD as NO_SHARD at world size 1."""
+        return self.processes if self.sharding == "fsdp" else 1
+
+    @property
+    def ddp(self) -> bool:
+        return self.processes > 1 and self.sharding == "none"
 
 
 @dataclass
@@ -123,6 +149,12 @@ class Plan:
     """Temporaries of the optimizer step (a parameter-sized buffer for foreach AdamW on a GPU)."""
     peak: int
     peak_phase: str
+    gathered: int = 0
+    """FSDP: full weights gathered for the forward and backward passes (the blocks-outside part,
+    the block computing and the one prefetched) and one unit's full gradients before they are
+    reduce-scattered."""
+    buckets: int = 0
+    """DDP: the all-reduce buckets, a copy of every gradient, allocated for the whole run."""
     possible: bool = True
     why_not: str = ""
     """Why the setup cannot run at all (8-bit or 4-bit weights do not train directly)."""
@@ -178,6 +210,11 @@ def plan(arch: Architecture, setup: Setup) -> Plan:
     gradients = sum(n * b for n, b in groups)
     optimizer = sum(n * _state_bytes(s.optimizer, b) for n, b in groups)
     step_work = _step_work(arch, s, groups)
+    gathered, buckets = 0, gradients if s.ddp else 0
+    if s.shards > 1:
+        gathered = _gathered(arch, s, total, weights, _trainable_units(arch, s, head))
+        copies = 0  # FSDP's MixedPrecision gathers the weights in 16 bits: autocast has nothing to cast
+        weights, gradients, optimizer, step_work = (x / s.shards for x in (weights, gradients, optimizer, step_work))
     cache = 0
     if s.regime == "freeze":
         activations = inference_bytes(arch, s)
@@ -185,13 +222,14 @@ def plan(arch: Architecture, setup: Setup) -> Plan:
             cache = s.examples * arch.hidden * 4  # fp32 features, moved to host memory
         work = s.batch_size * 4 * arch.hidden  # the head's own backward pass: tiny
         on_device_cache = cache if s.device == "cpu" else 0
-        caching, head_training = weights + activations, weights + on_device_cache + gradients + optimizer + step_work
+        caching = weights + activations + gathered + buckets
+        head_training = weights + on_device_cache + gradients + optimizer + step_work + buckets
         peak, phase = max((caching, "feature caching"), (head_training, "head training"))
     else:
         activations, work = _training_activations(arch, s)
         keep_grads = gradients if s.accumulation > 1 else 0
-        backward = weights + copies + optimizer + activations + work + keep_grads
-        step = weights + optimizer + gradients + step_work
+        backward = weights + copies + optimizer + activations + work + keep_grads + gathered + buckets
+        step = weights + optimizer + gradients + step_work + buckets
         peak, phase = max((backward, "forward/backward"), (step, "optimizer step"))
     return Plan(
         setup=s,
@@ -207,6 +245,8 @@ def plan(arch: Architecture, setup: Setup) -> Plan:
         step_work=int(step_work),
         peak=int(peak),
         peak_phase=phase,
+        gathered=int(gathered),
+        buckets=int(buckets),
         possible=possible,
         why_not=why_not,
     )
@@ -222,6 +262,33 @@ def _trainable_groups(arch: Architecture, s: Setup, head: int, model_bytes: int)
     # of the task head (`modules_to_save`), so the head is stored twice.
     added = lora_parameters(arch, s) if s.regime == "lora" else s.prompt_tokens * arch.hidden
     return [(added, 4), (head, model_bytes)], added * 4 + head * model_bytes
+
+
+def _trainable_units(arch: Architecture, s: Setup, head: int) -> tuple[int, int]:
+    """Values that train in the unit outside the blocks and in one block, as FSDP wraps them."""
+    if s.regime == "full":
+        total = arch.parameters(s.task, s.num_labels)
+        return total - arch.layers * arch.block_parameters, arch.block_parameters
+    if s.regime == "lora":
+        return head, lora_parameters(arch, s) // arch.layers
+    if s.regime == "prompt":
+        return head + s.prompt_tokens * arch.hidden, 0
+    return head, 0
+
+
+def _gathered(arch: Architecture, s: Setup, total: int, weights: float, units: tuple[int, int]) -> float:
+    """FSDP's full (unsharded) working set, assuming accelerate's transformer_based_wrap: one FSDP
+    unit per block, and the rest (embeddings, final norm, head) in the root unit, which stays
+    gathered from the forward pass to the end of the backward pass. The next block is prefetched
+    while one computes, so two blocks are gathered at a time. Conservative: the root unit's full
+    gradients are counted while the activations are still alive."""
+    outside = total - arch.layers * arch.block_parameters
+    share = (outside + 2 * arch.block_parameters) / total
+    # Mixed precision: FSDP's MixedPrecision(param_dtype=bf16) gathers the fp32 shards in 16 bits
+    # and reduce-scatters 16-bit gradients.
+    gather = 0.5 if s.mixed else 1
+    grad_bytes = 4 if s.precision == "fp32" else 2
+    return weights * share * gather + grad_bytes * max(units)
 
 
 def _weight_bytes(arch: Architecture, s: Setup, total: int, model_bytes: int) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..planning.activations import flash_attention
 from ..planning.advice import Advice, DataSummary
 from ..planning.architecture import Architecture
-from ..planning.fixes import Fix
+from ..planning.fixes import Fix, fewest_processes
 from ..planning.memory import CUDA_CONTEXT, INT4_BYTES, Plan, Setup
 
 PRECISION_NOTES = {
@@ -60,6 +60,7 @@ def assumptions(arch: Architecture, s: Setup) -> list[str]:
     targets = ", ".join(s.lora_targets) if s.lora_targets else "every linear layer of every block"
     lines = [
         describe(arch, s),
+        processes_note(s),
         PRECISION_NOTES[s.precision],
         OPTIMIZER_NOTES[s.optimizer],
         per_pass,
@@ -93,6 +94,25 @@ def assumptions(arch: Architecture, s: Setup) -> list[str]:
     return lines
 
 
+def processes_note(s: Setup) -> str:
+    """What the figures are per: one device, DDP replicas or FSDP shards."""
+    if s.processes == 1 and s.sharding == "none":
+        return "one process on one device (--processes 1 --sharding none)"
+    if s.processes == 1:
+        return ("--sharding fsdp on one process is one shard: nothing is split (PyTorch runs FULL_SHARD as NO_SHARD "
+                "at world size 1), so the figures are those of one device")
+    batch = f"every figure is per device; --batch {s.batch_size} is each process's micro-batch, so activations do not shrink"
+    if s.sharding == "none":
+        return (f"{s.processes} processes with DDP (--sharding none): {batch}; each device holds a full replica of "
+                "the weights, gradients and optimizer state, plus DDP's all-reduce buckets: a second copy of the "
+                "gradients for the whole run (accelerate's default gradient_as_bucket_view=False)")
+    return (f"{s.processes} processes with FSDP full sharding (ZeRO-3): {batch}; weights, gradients and optimizer "
+            f"state are split {s.processes} ways; gathered: accelerate's transformer_based_wrap (one FSDP unit per "
+            "block), so the embeddings and head stay gathered through forward and backward and two blocks at a time "
+            "(one prefetched) are gathered in 16 bits under mixed precision, plus one unit's full gradients before "
+            "reduce-scatter (with accelerate's default NO_WRAP the whole model is one unit and is gathered at once)")
+
+
 ROWS = [
     ("trainable parameters", lambda p: count(p.trainable)),
     ("weights", lambda p: size(p.weights)),
@@ -101,18 +121,30 @@ ROWS = [
     ("optimizer state", lambda p: size(p.optimizer)),
     ("activations", lambda p: size(p.activations)),
     ("feature cache", lambda p: size(p.feature_cache)),
+    ("gathered (FSDP)", lambda p: size(p.gathered)),
+    ("DDP buckets", lambda p: size(p.buckets)),
     ("working memory", lambda p: size(p.working)),
     ("peak", lambda p: size(p.peak)),
     ("peak while", lambda p: p.peak_phase),
 ]
 
 
-def format_plans(plans: dict[str, Plan], budget: int | None, fixes: dict[str, Fix]) -> str:
+def format_plans(
+    plans: dict[str, Plan], budget: int | None, fixes: dict[str, Fix], spread: dict[str, str] | None = None
+) -> str:
     """A table with one column per regime, then what to change where one does not fit."""
-    optional = {"feature cache": "feature_cache", "16-bit weight copies": "weight_copies"}
+    optional = {
+        "feature cache": "feature_cache",
+        "16-bit weight copies": "weight_copies",
+        "gathered (FSDP)": "gathered",
+        "DDP buckets": "buckets",
+    }
     rows = [r for r in ROWS if r[0] not in optional or any(getattr(p, optional[r[0]]) for p in plans.values())]
     width = max(12, *(len(p.peak_phase) + 2 for p in plans.values()))
     lines = [f"{'':<22}" + "".join(f"{r:>{width}}" for r in plans)]
+    s = next(iter(plans.values())).setup
+    if s.processes > 1:
+        lines.insert(0, f"per device, on each of {s.processes} processes ({'FSDP full shard' if s.shards > 1 else 'DDP'}):")
     for label, value in rows:
         lines.append(f"{label:<22}" + "".join(f"{value(p) if p.possible else 'n/a':>{width}}" for p in plans.values()))
     if budget is not None:
@@ -123,6 +155,8 @@ def format_plans(plans: dict[str, Plan], budget: int | None, fixes: dict[str, Fi
             lines.append(f"{regime}: not possible: {p.why_not}")
         elif budget is not None and not p.fits(budget):
             lines.append(_not_fitting(regime, p, budget, fixes[regime]))
+            if spread and regime in spread:
+                lines.append(spread[regime])
     return "\n".join(lines)
 
 
@@ -139,6 +173,33 @@ def _not_fitting(regime: str, p: Plan, budget: int, fix: Fix) -> str:
     if len(fix.changes) == 1:
         return f"{head}. Cheapest change that fits: {fix.changes[0]} -> {size(fix.plan.peak)}"
     return f"{head}. Cheapest changes that fit together: {' + '.join(fix.changes)} -> {size(fix.plan.peak)}"
+
+
+def devices_needed(arch: Architecture, regime: str, s: Setup, budget: int) -> tuple[Plan | None, Plan | None]:
+    """The fewest FSDP processes for `s` as it is, and with gradient checkpointing where it is off."""
+    as_is = fewest_processes(arch, s, budget)
+    if s.gradient_checkpointing or regime == "freeze" or (as_is is not None and as_is.setup.processes == 1):
+        return as_is, None
+    from dataclasses import replace
+
+    return as_is, fewest_processes(arch, replace(s, gradient_checkpointing=True), budget)
+
+
+def format_devices(arch: Architecture, regime: str, s: Setup, budget: int, found: tuple[Plan | None, Plan | None]) -> str:
+    """One line: how many devices of `budget` the regime needs when sharded with FSDP."""
+    as_is, checkpointed = found
+    unit = "GPUs" if s.device == "cuda" else "processes"
+    what = f"{count(arch.parameters(s.task, s.num_labels))} {regime} {'fine-tuning' if regime == 'full' else 'training'} in {s.precision}"
+    if as_is is not None:
+        line = (f"{what} needs at least {as_is.setup.processes} {unit} of {size(budget)} with --sharding fsdp "
+                f"({size(as_is.peak)} per device)")
+    else:
+        line = (f"{what} fits no number of {unit} of {size(budget)} as it is: activations and the gathered blocks "
+                "stay on every device whatever --processes is")
+    if checkpointed is not None:
+        line += (f"; with gradient checkpointing, at least {checkpointed.setup.processes} "
+                 f"({size(checkpointed.peak)} per device)")
+    return line
 
 
 def format_advice(data: DataSummary, advice: Advice) -> str:
