@@ -147,7 +147,8 @@ def tune(base: RunConfig, trials: int | None = 20, minutes: float | None = None,
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our row with its reason, not Optuna's traceback
         study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=base.train.seed),
                                     pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2))  # not on the first, noisiest validation  # fmt: skip
-        objective = _objective(base, setup.cfg, staging, metric, train_size, lr_centre, progress)
+        deadline = time.monotonic() + minutes * 60 if minutes else None
+        objective = _objective(base, setup.cfg, staging, metric, train_size, lr_centre, progress, deadline)
 
         def finished(study, frozen) -> None:
             row = _row(frozen)
@@ -177,7 +178,8 @@ def tune(base: RunConfig, trials: int | None = 20, minutes: float | None = None,
     return search
 
 
-def _objective(base: RunConfig, defaults: RunConfig, staging: Path, metric: str, train_size: int | None, lr_centre: float | None, progress):
+def _objective(base: RunConfig, defaults: RunConfig, staging: Path, metric: str, train_size: int | None, lr_centre: float | None,
+               progress, deadline: float | None = None):  # fmt: skip
     import optuna
 
     from .runs import train
@@ -192,6 +194,10 @@ def _objective(base: RunConfig, defaults: RunConfig, staging: Path, metric: str,
         validations = [0]
 
         def on_log(record: dict) -> None:
+            if deadline is not None and time.monotonic() > deadline:
+                # --minutes is a budget, not a hint: a trial still running when it ends is stopped.
+                trial.set_user_attr("stopped", "the --minutes budget ran out")
+                raise optuna.TrialPruned("the --minutes budget ran out")
             value = record.get(f"val_{metric}")
             if value is None or not math.isfinite(value):
                 return
@@ -227,7 +233,7 @@ def _row(frozen) -> dict:
     overrides = frozen.user_attrs.get("overrides", {})
     return {"number": frozen.number, "state": state, "value": frozen.value, "params": {k: _value(v) for k, v in overrides.items()},
             "sampled": frozen.params, "overrides": overrides, "seconds": frozen.user_attrs.get("seconds"),
-            "error": frozen.user_attrs.get("error"),
+            "error": frozen.user_attrs.get("error") or frozen.user_attrs.get("stopped"),
             "pruned_at": max(frozen.intermediate_values) if state == "pruned" and frozen.intermediate_values else None}  # fmt: skip
 
 
