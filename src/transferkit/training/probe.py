@@ -3,7 +3,7 @@
 On cached features a head costs next to nothing to train, so it is not trained for a number of
 epochs at a guessed rate (which on a small validation split stops before it learns): it is fit, full
 batch, with L-BFGS (strong-Wolfe line search) on standardised features, once for each L2 strength
-of a small grid, and the strength whose head validates best is kept (the same validation metric and
+of a small grid (strongest first, each fit warm-started from the last), and the strength whose head validates best is kept (the same validation metric and
 tie-break as the loop's early stopping; the incoming head competes too, so a stage that only hurts
 hands back what it was given). The standardisation is then folded into the head's input layer, so
 the saved model is the plain model folder it always was. The head's own parts train (BERT's pooler
@@ -20,7 +20,7 @@ from torch import nn
 from .loop import FitResult, Hooks, Progress, _Best, evaluate, restore, snapshot
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
-MAX_ITERATIONS = 300
+MAX_ITERATIONS = 100  # per L2 strength; warm-started along the path, the fits converge well within it
 
 
 class Standardised(nn.Module):
@@ -67,8 +67,12 @@ def fit_probe(head: nn.Module, train_loader, val_loader, task, accelerator, stag
     best = _Best(head, cfg.metric or task.metric, None, evaluate(head, val_loader, task, accelerator, precision))
     best_l2 = None
     progress.start(stage.name, len(grid))
+    # Strongest L2 first, each fit starting from the one before (a regularisation path, as glmnet walks
+    # it): the strongly regularised problem converges in few iterations, and each weaker one starts near
+    # its own optimum, so the whole grid costs little more than one fit from scratch.
+    grid = sorted(grid, reverse=True)
     for step, l2 in enumerate(grid, start=1):
-        restore(head, incoming)
+        restore(head, warm if step > 1 else incoming)
         model.eval()  # no dropout: L-BFGS's line search needs the same loss for the same weights
         optimizer = torch.optim.LBFGS(trainable, lr=1.0, max_iter=MAX_ITERATIONS, history_size=20,
                                       line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)  # fmt: skip
@@ -80,6 +84,7 @@ def fit_probe(head: nn.Module, train_loader, val_loader, task, accelerator, stag
             return loss
 
         loss = optimizer.step(closure).item()
+        warm = snapshot(head)  # on standardised features, before the fold below
         iterations = optimizer.state[optimizer._params[0]].get("n_iter", 0)
         result.steps += iterations
         result.examples += iterations * len(features)
