@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from accelerate import Accelerator
 from torch import nn
@@ -91,3 +92,26 @@ def test_probe_logistic_optimum_has_zero_gradient_and_l2_is_chosen_on_validation
         losses[l2] = fit(Head(6, 2), task, items[:200], items[200:], (l2,)).best_metrics
     best = max(losses, key=lambda l2: (losses[l2]["accuracy"], -losses[l2]["loss"]))
     assert chosen == best
+
+
+@pytest.mark.slow
+def test_freeze_defaults_are_within_3_points_of_a_logistic_probe_on_a_small_grey_image_folder(tmp_path):
+    """Issue 12's yardstick: 30 Fashion-MNIST images per class at 32 px, EfficientNet-Lite0, every default,
+    against a plain logistic regression (L-BFGS, L2 from four values on validation) on the same features."""
+    import importlib.util
+    from pathlib import Path
+
+    from transferkit import assets, train
+
+    for asset in (assets.MODELS["efficientnet-lite0"], assets.DATASETS["fashion-mnist"]):
+        if not asset.installed:
+            pytest.skip(f"{asset.name} is not installed ({asset.install})")
+    spec = importlib.util.spec_from_file_location("freeze_probe", Path(__file__).parents[1] / "benchmarks" / "freeze_probe.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder = bench.image_folder(tmp_path / "images", per_class=30, size=32, seed=0)
+    cfg = load_config(None, {"regime": "freeze", "model.name": "efficientnet-lite0", "data.name": str(folder), "output": str(tmp_path / "run")})
+    run = train(cfg)
+    features, _ = bench.cached_features(cfg.with_dataset_defaults())
+    reference = bench.logistic_probe(features)
+    assert run.test_accuracy >= reference["test_accuracy"] - 0.03, (run.test_accuracy, reference)
