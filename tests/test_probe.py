@@ -16,9 +16,14 @@ from transferkit.training.probe import fit_probe
 
 
 class Head(nn.Module):
+    """A fresh linear head, started at 0: the probe's L2 pulls toward the incoming weights, so from 0
+    its problem is the textbook one (ridge, L2-penalised logistic regression)."""
+
     def __init__(self, width: int, outputs: int):
         super().__init__()
         self.layer = nn.Linear(width, outputs)
+        nn.init.zeros_(self.layer.weight)
+        nn.init.zeros_(self.layer.bias)
 
     def forward(self, features):
         return self.layer(features)
@@ -115,3 +120,29 @@ def test_freeze_defaults_are_within_3_points_of_a_logistic_probe_on_a_small_grey
     features, _ = bench.cached_features(cfg.with_dataset_defaults())
     reference = bench.logistic_probe(features)
     assert run.test_accuracy >= reference["test_accuracy"] - 0.03, (run.test_accuracy, reference)
+
+
+class TwoLayer(nn.Module):
+    """BERT's head in small: a pre-trained pooler (Linear + tanh), then a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.pooler, self.classifier = nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, features):
+        return self.classifier(torch.tanh(self.pooler(features)))
+
+
+def test_a_strong_l2_keeps_a_pretrained_two_layer_head_instead_of_killing_it():
+    """The penalty pulls toward the incoming weights: at a huge L2 the head is the incoming one (in raw
+    feature units), not a collapsed head whose every weight is 0."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=g) * 3 + 1
+    items = [{"features": r, "labels": int(r[0] > 1)} for r in x]
+    torch.manual_seed(0)
+    head = TwoLayer()
+    before = [p.detach().clone() for p in head.parameters()]
+    result = fit(head, Classification(["a", "b"]), items[:150], items[150:], (1e6,))
+    assert result.best_step in (0, 1)
+    for p, q in zip(head.parameters(), before):
+        assert torch.allclose(p, q, atol=1e-4)

@@ -3,7 +3,8 @@
 On cached features a head costs next to nothing to train, so it is not trained for a number of
 epochs at a guessed rate (which on a small validation split stops before it learns): it is fit, full
 batch, with L-BFGS (strong-Wolfe line search) on standardised features, once for each L2 strength
-of a small grid (strongest first, each fit warm-started from the last), and the strength whose head validates best is kept (the same validation metric and
+of a small grid (strongest first, each fit warm-started from the last; the penalty pulls toward the
+incoming head's weights), and the strength whose head validates best is kept (the same validation metric and
 tie-break as the loop's early stopping; the incoming head competes too, so a stage that only hurts
 hands back what it was given). The standardisation is then folded into the head's input layer, so
 the saved model is the plain model folder it always was. The head's own parts train (BERT's pooler
@@ -62,9 +63,16 @@ def fit_probe(head: nn.Module, train_loader, val_loader, task, accelerator, stag
 
     result = FitResult()
     started = time.perf_counter()
-    incoming = snapshot(head)
     # The incoming head competes, on raw features: the folded head of an earlier stage stays as it was.
     best = _Best(head, cfg.metric or task.metric, None, evaluate(head, val_loader, task, accelerator, precision))
+    # Then its input layer is rewritten to read standardised features and compute exactly what it did
+    # (the inverse of the fold), so the fit starts from the pre-trained head (BERT's pooler), and the L2
+    # penalty pulls toward those weights (L2-SP, Li et al. 2018; for a fresh layer, its small random
+    # init): a strong penalty keeps the pre-trained head instead of shrinking a two-layer head into the
+    # dead point where every weight is 0.
+    fold(head, mean, std, inverse=True)
+    incoming = snapshot(head)
+    anchors = [w.detach().clone() for w in weights]
     best_l2 = None
     progress.start(stage.name, len(grid))
     # Strongest L2 first, each fit starting from the one before (a regularisation path, as glmnet walks
@@ -79,7 +87,8 @@ def fit_probe(head: nn.Module, train_loader, val_loader, task, accelerator, stag
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
-            loss = task.loss_sum(model(features), batch) / task.count(batch) + l2 * sum(w.pow(2).sum() for w in weights)
+            penalty = sum((w - a).pow(2).sum() for w, a in zip(weights, anchors))
+            loss = task.loss_sum(model(features), batch) / task.count(batch) + l2 * penalty
             loss.backward()
             return loss
 
@@ -111,10 +120,15 @@ def _labels(items) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fold(head: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+def fold(head: nn.Module, mean: torch.Tensor, std: torch.Tensor, inverse: bool = False) -> None:
     """Fold (x - mean) / std into the head's input layer: W x' + b with x' standardised is
-    (W / std) x + (b - (W / std) mean). The input layer is found by running the head once."""
+    (W / std) x + (b - (W / std) mean). `inverse`: the layer that read x reads x' instead, computing
+    the same: W' = W std, b' = b + W mean. The input layer is found by running the head once."""
     layer = input_layer(head, mean.numel())
+    if inverse:
+        layer.bias.add_(layer.weight @ mean.to(layer.weight))
+        layer.weight.mul_(std.to(layer.weight))
+        return
     weight = layer.weight / std.to(layer.weight)  # (out, C): each input column scaled by its 1 / std
     layer.bias.sub_(weight @ mean.to(layer.weight))
     layer.weight.copy_(weight)
