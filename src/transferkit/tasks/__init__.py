@@ -15,6 +15,7 @@ from .classify import Classification
 from .generate import Generation, LanguageModeling
 from .multilabel import MultiLabel
 from .regress import Regression
+from .tokens import TokenClassification
 from .verbalise import VerbaliserClassification
 
 # (model kind, task name) -> factory(cfg) -> Task
@@ -22,6 +23,7 @@ TASKS = {
     ("encoder", "classify"): lambda cfg: Classification(),
     ("encoder", "regress"): Regression,
     ("encoder", "multilabel"): MultiLabel,
+    ("encoder", "tokens"): TokenClassification,
     ("image", "classify"): lambda cfg: Classification(),
     ("causal", "classify"): VerbaliserClassification,
     ("causal", "generate"): Generation,
@@ -29,8 +31,8 @@ TASKS = {
 
 KIND_WORDS = {"encoder": "a text encoder", "causal": "a causal language model", "image": "an image network"}
 
-__all__ = ["Classification", "Context", "Generation", "LanguageModeling", "MultiLabel", "Regression", "TASKS", "Task",
-           "VerbaliserClassification", "make", "saved", "write_task_file"]  # fmt: skip
+__all__ = ["Classification", "Context", "Generation", "LanguageModeling", "MultiLabel", "Regression", "TASKS",
+           "Task", "TokenClassification", "VerbaliserClassification", "make", "saved", "write_task_file"]  # fmt: skip
 
 
 def make(kind: str, cfg) -> Task:
