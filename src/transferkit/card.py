@@ -310,13 +310,25 @@ tags = [labels[i] for i in model(**enc).logits.argmax(-1)[0]]   # per sub-word: 
 """,
     "transformers-span": """
 import json
-from transformers import pipeline
+import torch
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-folder = FOLDER
+folder = FOLDER   # transformers 5 has no question-answering pipeline: the windows and the best span, by hand
+model, tokenizer = AutoModelForQuestionAnswering.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
 task = json.load(open(f"{folder}/task.json"))   # the windows it was trained with: max_length, stride, max_answer_length
-answer = pipeline("question-answering", model=folder)
-print(answer(question="Who wrote it?", context="It was written by Ada.", max_seq_len=task["max_length"],
-             doc_stride=task["stride"], max_answer_len=task["max_answer_length"]))
+question, context = "Who wrote it?", "It was written by Ada."
+enc = tokenizer(question, context, truncation="only_second", max_length=task["max_length"], stride=task["stride"],
+                return_overflowing_tokens=True, return_offsets_mapping=True, padding=True, return_tensors="pt")
+offsets, _ = enc.pop("offset_mapping"), enc.pop("overflow_to_sample_mapping")
+out, best = model(**enc), (float("-inf"), "")
+for w in range(len(offsets)):   # every window; a span starts and ends in the context, at most max_answer_length tokens
+    context_tokens = [i for i, s in enumerate(enc.sequence_ids(w)) if s == 1]
+    for s in context_tokens:
+        for e in context_tokens:
+            score = float(out.start_logits[w, s] + out.end_logits[w, e])
+            if s <= e < s + task["max_answer_length"] and score > best[0]:
+                best = (score, context[int(offsets[w, s, 0]) : int(offsets[w, e, 1])])
+print(best[1])
 """,
     "peft-span": """
 import json

@@ -461,8 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = parsers["predict"]
     p.add_argument("run", help="a run folder written by 'transferkit train'")
     p.add_argument("--input", help="a CSV / JSONL file of texts; for an image run, an image file or a folder of images")
-    p.add_argument("--text", help="a single text to label")
-    p.add_argument("--pair", help="with --text, for a text-pair run: the second text")
+    p.add_argument("--text", "--question", dest="text", help="a single text to label (a question-answering run: the question)")
+    p.add_argument("--pair", "--context", dest="pair", help="with --text, for a text-pair run: the second text (question answering: the context)")
     p.add_argument("--prompt", help="generation runs: a prompt to answer (greedy, through the model's chat template)")
     p.add_argument("--max-new-tokens", type=int, help="generation runs: the longest answer (default: the run's lm.max_new_tokens)")
     p.add_argument("--output", help="where to write the input rows with predicted_label and probability added "
