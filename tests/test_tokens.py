@@ -116,7 +116,7 @@ def test_entities_and_f1_follow_seqeval():
 
 
 @pytest.mark.parametrize("regime", ["full", "lora", "freeze"])
-def test_a_regime_learns_to_tag_and_a_plain_load_tags_the_same(regime, tiny_bert, conll, tmp_path):
+def test_a_regime_learns_to_tag_and_a_plain_load_tags_the_same(regime, tiny_bert, conll, tmp_path, capsys):
     extra = {"full": {"train.epochs": 5, "train.lr": 3e-3}, "lora": {"train.epochs": 10, "train.lr": 1e-2},
              "freeze": {"train.epochs": 20, "train.lr": 1e-2}}[regime]  # fmt: skip
     run = train(None, quick(tiny_bert, conll, tmp_path / "run", regime, **extra))
@@ -140,8 +140,9 @@ def test_a_regime_learns_to_tag_and_a_plain_load_tags_the_same(regime, tiny_bert
     ours = model.task.predict(model, Examples(sentences, None))["tags"]
     assert ours == plain_tags(run.dir / "model", sentences)
 
-    # evaluate on a file gives the task's metrics again
-    assert cli.main(["evaluate", str(run.dir), "--data", str(conll), "--json"]) == 0
+    # evaluate on a file gives the task's metrics again, with a table per entity type
+    assert cli.main(["evaluate", str(run.dir), "--data", str(conll)]) == 0
+    assert "VEHICLE" in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_predict_gives_entity_spans_in_the_text_as_written(tiny_bert, conll, tmp_path, capsys):

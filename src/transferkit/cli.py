@@ -423,8 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", help="a separate test file (default: split off the data)")
     p.add_argument("--regime", help="full, freeze, lora, prompt, staged, scratch, or icl (causal LMs: in-context "
                    "learning, no training) (default: full)")
-    p.add_argument("--task", help="classify, regress (numeric targets), multilabel (any number of labels per input), or "
-                   "generate (a causal LM learns responses or plain text) (default: a built-in dataset's own, else classify)")
+    p.add_argument("--task", help="classify, regress (numeric targets), multilabel (any number of labels per input), "
+                   "generate (a causal LM learns responses or plain text), tokens (a tag per word: named entities) or qa "
+                   "(extractive question answering) (default: a built-in dataset's own, else classify)")
     p.add_argument("--shots", help="icl: demonstrations in the prompt, a number or max (default: 8)")
     p.add_argument("--calibrate", action="store_true", help="causal-LM classification: contextual calibration of the label scores")
     p.add_argument("--epochs", type=int, help="passes over the training data (default: the regime's own)")
