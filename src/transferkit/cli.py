@@ -517,8 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", help="a separate test file (default: split off the data)")
     p.add_argument("--regime", help="full, freeze, lora, prompt, staged, scratch, or icl (causal LMs: in-context "
                    "learning, no training) (default: full)")
-    p.add_argument("--task", help="classify, regress (numeric targets), multilabel (any number of labels per input), or "
-                   "generate (a causal LM learns responses or plain text) (default: a built-in dataset's own, else classify)")
+    p.add_argument("--task", help="classify, regress (numeric targets), multilabel (any number of labels per input), "
+                   "generate (a causal LM learns responses or plain text), tokens (a tag per word: named entities) or qa "
+                   "(extractive question answering) (default: a built-in dataset's own, else classify)")
     p.add_argument("--shots", help="icl: demonstrations in the prompt, a number or max (default: 8)")
     p.add_argument("--calibrate", action="store_true", help="causal-LM classification: contextual calibration of the label scores")
     p.add_argument("--epochs", type=int, help="passes over the training data (default: the regime's own)")
@@ -579,8 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = parsers["predict"]
     p.add_argument("run", help="a run folder written by 'transferkit train'")
     p.add_argument("--input", help="a CSV / JSONL file of texts; for an image run, an image file or a folder of images")
-    p.add_argument("--text", help="a single text to label")
-    p.add_argument("--pair", help="with --text, for a text-pair run: the second text")
+    p.add_argument("--text", "--question", dest="text", help="a single text to label (a question-answering run: the question)")
+    p.add_argument("--pair", "--context", dest="pair", help="with --text, for a text-pair run: the second text (question answering: the context)")
     p.add_argument("--prompt", help="generation runs: a prompt to answer (greedy, through the model's chat template)")
     p.add_argument("--max-new-tokens", type=int, help="generation runs: the longest answer (default: the run's lm.max_new_tokens)")
     p.add_argument("--output", help="where to write the input rows with predicted_label and probability added "

@@ -21,6 +21,11 @@ from .tracking import check_names as check_trackers
 
 DEFAULT_MAX_LENGTH = 128  # tokens, where model.max_length is empty (or the model's context, if shorter)
 
+# Tasks whose tables name their columns otherwise, where data.*_column are left as they are: a flat
+# question-answering file holds question, context, answer (and answer_start), and `predict` reads the
+# question and context columns as the two texts of a pair.
+TASK_COLUMNS = {"qa": {"text_column": "question", "pair_column": "context", "label_column": "answer"}}
+
 
 @dataclass
 class ModelConfig:
@@ -222,12 +227,16 @@ class ReplayConfig:
 class TaskConfig:
     name: str | None = None
     """What the model learns: classify (one label per input), regress (numeric targets), multilabel (any
-    number of labels per input), or generate (a causal LM learns responses or plain text). `task: NAME`
-    in a YAML file and `--task NAME` set this. Empty: what a built-in dataset is for, else classify."""
+    number of labels per input), generate (a causal LM learns responses or plain text), qa (extractive
+    question answering: the answer's span in a context) or tokens (a tag per word: named entities).
+    `task: NAME` in a YAML file and `--task NAME` set this. Empty: what a built-in dataset is for, else classify."""
     loss: str = "mse"
     """Regression loss: mse, or huber (less pulled by outlying targets)."""
     label_separator: str = "|"
     """Multi-label: the character between the labels of one row in the label column."""
+    scheme: str = "auto"
+    """Token classification: the tag scheme, bio (O, B-TYPE, I-TYPE) or bioes (also E-TYPE, S-TYPE).
+    auto: bioes where any tag starts with E- or S-, else bio. A tag outside the scheme stops the run."""
 
     _shorthand = "name"  # `task: regress` means `task: {name: regress}`
 
@@ -236,6 +245,29 @@ class TaskConfig:
             raise UserError(f"task.loss must be mse or huber (got '{self.loss}')")
         if len(self.label_separator) != 1:
             raise UserError(f"task.label_separator must be one character (got '{self.label_separator}')")
+        if self.scheme not in ("auto", "bio", "bioes"):
+            raise UserError(f"task.scheme must be auto, bio or bioes (got '{self.scheme}')")
+
+
+@dataclass
+class QAConfig:
+    max_length: int = 384
+    """Extractive question answering: tokens per window (the question, a piece of the context and the
+    special tokens). A longer context is cut into overlapping windows, each scored on its own."""
+    stride: int = 128
+    """Tokens of context that consecutive windows share, so that an answer cut off at the end of one
+    window lies whole in the next."""
+    max_answer_length: int = 30
+    """The longest answer considered, in tokens."""
+    n_best: int = 20
+    """The highest start and end logits of each window whose pairs are scored as candidate answers."""
+
+    def __post_init__(self):
+        for key in ("max_length", "stride", "max_answer_length", "n_best"):
+            _check_positive(f"qa.{key}", getattr(self, key))
+        if self.stride >= self.max_length // 2:
+            raise UserError(f"qa.stride ({self.stride}) must be under half of qa.max_length ({self.max_length}), or the "
+                            "windows barely move forward; lower qa.stride (e.g. 128 for 384)")  # fmt: skip
 
 
 @dataclass
@@ -244,6 +276,7 @@ class RunConfig:
     """How to adapt the model: full, freeze, lora, prompt, staged, scratch (random weights, the control) or
     icl (in-context learning with a causal LM: no training)."""
     task: TaskConfig = field(default_factory=TaskConfig)
+    qa: QAConfig = field(default_factory=QAConfig)
     output: str | None = None
     """Run folder. Empty: runs/<dataset>-<regime>."""
     overwrite: bool = False
@@ -280,6 +313,9 @@ class RunConfig:
             cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, name=asset.task if asset else "classify"))
         if cfg.data.pair_column is None and asset is not None and asset.pair:
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pair_column="pair"))
+        columns = TASK_COLUMNS.get(cfg.task.name)
+        if columns and (cfg.data.text_column, cfg.data.pair_column, cfg.data.label_column) == ("text", None, "label"):
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **columns))
         return cfg
 
     @property

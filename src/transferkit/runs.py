@@ -409,10 +409,10 @@ def _cache_features(model, items: dict, ctx) -> tuple[dict, float]:
 def _stage_summary(stage, result, trainee) -> dict:
     return {
         "name": stage.name,
-        "solver": stage.solver,
+        "solver": result.solver,
         # An L-BFGS head has no rate or epochs: its steps are iterations, its examples full-batch passes.
-        "lr": stage.lr if stage.solver == "adam" else None,
-        "epochs": stage.epochs if stage.solver == "adam" else None,
+        "lr": stage.lr if result.solver == "adam" else None,
+        "epochs": stage.epochs if result.solver == "adam" else None,
         "steps": result.steps,
         "examples": result.examples,
         "seconds": result.seconds,

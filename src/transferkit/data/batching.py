@@ -56,6 +56,9 @@ def collate(pad_id: int):
             elif key == "labels" and isinstance(values[0], list):  # per-token targets; -100 is ignored
                 longest = max(len(v) for v in values)
                 batch["labels"] = torch.tensor([v + [-100] * (longest - len(v)) for v in values])
+            elif isinstance(values[0], torch.Tensor) and values[0].ndim and len({v.shape for v in values}) > 1:
+                # cached per-token features (T, C) of inputs of different lengths: zero-padded to the longest
+                batch[key] = torch.nn.utils.rnn.pad_sequence(values, batch_first=True)
             elif isinstance(values[0], torch.Tensor):
                 batch[key] = torch.stack(values)
             else:

@@ -32,7 +32,7 @@ def text_inputs(path: str | None, text: str | None, column: str, pair: str | Non
 
     if text is not None:
         if pair_column is not None and pair is None:
-            raise UserError("this run's model reads text pairs; give the second text with --pair")
+            raise UserError("this run's model reads text pairs; give the second text with --pair (a question-answering run: --context)")
         return Inputs(Examples([text], None, pairs=None if pair is None else [pair]), None, [repr(text[:70])])
     examples = read_texts(path, column, pair_column)
     return Inputs(examples, Path(path), [repr(t[:70]) for t in examples.inputs])

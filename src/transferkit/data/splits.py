@@ -78,12 +78,14 @@ def is_image_folder(path: str) -> bool:
     return Path(path).is_dir() and Path(path).suffix.lower() not in TABLE_SUFFIXES and not _is_saved_dataset(Path(path))
 
 
-def load_splits(cfg, seed: int, read=None, stratify: bool = True) -> Splits:
+def load_splits(cfg, seed: int, read=None, stratify: bool = True, groups=None) -> Splits:
     """Read the data that `cfg` (a DataConfig) names and split it into train / validation / test.
 
     `read(name) -> Examples` reads one pool (default: labelled examples for classification). With
     `stratify` every class keeps its share in each split; without (regression, multi-label), the
-    split is at random. Either way it is seeded: the same seed, the same split, on every machine.
+    split is at random. `groups(examples) -> keys` keeps the examples of one key in one split
+    (question answering: every question on a context). Either way it is seeded: the same seed, the
+    same split, on every machine.
     """
     read = read or (lambda name: read_labelled(name, cfg))
     if cfg.name in assets.DATASETS:
@@ -98,14 +100,17 @@ def load_splits(cfg, seed: int, read=None, stratify: bool = True) -> Splits:
     pool = read(cfg.name)
     saved = saved_splits(cfg.name) if modality == "text" else {}  # a saved DatasetDict brings its own splits
     validation = read(cfg.validation) if cfg.validation else _saved_split(saved, "validation", read)
-    test = read(cfg.test) if cfg.test else (_saved_split(saved, "test", read) or builtin_test)
+    test = read(cfg.test) if cfg.test else (_saved_split(saved, "test", read) or builtin_test or _official_test(cfg.name, read))
     skipped = [path for examples in (pool, validation, test) if examples is not None for path in examples.skipped]
     fractions = {}
     if test is None:
         fractions["test"] = cfg.test_fraction
     if validation is None:
         fractions["validation"] = cfg.validation_fraction
-    parts = stratified_split(pool.labels, fractions, seed) if stratify else random_split(len(pool), fractions, seed, cfg.name)
+    if groups is not None:
+        parts = grouped_split(groups(pool), fractions, seed, cfg.name)
+    else:
+        parts = stratified_split(pool.labels, fractions, seed) if stratify else random_split(len(pool), fractions, seed, cfg.name)
     train = pool.subset(parts.pop("train"))
     validation = pool.subset(parts["validation"]) if validation is None else validation
     test = pool.subset(parts["test"]) if test is None else test
@@ -136,6 +141,12 @@ def _saved_split(saved: dict, name: str, read) -> Examples | None:
     return read(saved[name]) if name in saved else None
 
 
+def _official_test(name: str, read) -> Examples | None:
+    """A built-in set's official test file (SQuAD's dev set), read as its data is."""
+    asset = assets.DATASETS.get(name)
+    return read(str(asset.test())) if asset is not None and asset.test is not None else None
+
+
 def load_generation_splits(cfg, seed: int) -> Splits:
     """Generation examples (no labels) split at random with `seed`, or the user's own files."""
     from .generation import read_generation
@@ -162,6 +173,19 @@ def random_split(n: int, fractions: dict[str, float], seed: int, name: str = "th
         parts[part] = sorted(order[start : start + take[part]])
         start += take[part]
     return {"train": sorted(order[start:]), **parts}
+
+
+def grouped_split(keys: list, fractions: dict[str, float], seed: int, name: str = "the data") -> dict[str, list[int]]:
+    """Like random_split, but whole groups at a time: every example of a key lands in the same part."""
+    members: dict = defaultdict(list)
+    for i, key in enumerate(keys):
+        members[key].append(i)
+    groups = list(members)  # in order of first appearance: the seed alone decides the shuffle
+    if len(groups) <= sum(max(1, round(len(groups) * f)) for f in fractions.values()):
+        raise UserError(f"'{name}' holds {len(groups)} context(s), too few to split off validation and test (a context's "
+                        "questions stay together); give more or pass --validation/--test files")  # fmt: skip
+    parts = random_split(len(groups), fractions, seed, name)
+    return {part: sorted(i for g in chosen for i in members[groups[g]]) for part, chosen in parts.items()}
 
 
 def random_subset(n: int, size: int, seed: int) -> list[int]:

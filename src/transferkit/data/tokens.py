@@ -110,3 +110,53 @@ def tokenizer_fingerprint(tokenizer) -> str:
         parts.append(sorted(tokenizer.get_vocab().items()))
         parts.append({k: v for k, v in sorted(tokenizer.init_kwargs.items()) if isinstance(v, (str, int, float, bool, type(None)))})
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cached_rows(parts: list, make_rows, schema, note=lambda message: None, what: str = "rows"):
+    """A memory-mapped Dataset of the rows `make_rows()` yields (dicts matching the pyarrow `schema`),
+    computed once and cached under a key made of `parts` (a content hash, the tokenizer's
+    fingerprint, the settings that shape the rows), like the token ids above. Tasks whose items are
+    more than one text's tokens (question-answering windows) store theirs here."""
+    import os
+
+    import datasets
+    import pyarrow as pa
+
+    from ..models.causal import cache_dir
+
+    quiet_datasets()
+    key = hashlib.sha256(json.dumps([FORMAT, *parts], default=str).encode()).hexdigest()
+    if key in _OPENED:
+        return _OPENED[key]
+    path = cache_dir() / "tokens" / f"{key[:32]}.arrow"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hit = path.is_file()
+    if not hit:
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        try:
+            with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                chunk = []
+                for row in make_rows():
+                    chunk.append(row)
+                    if len(chunk) == 1000:
+                        writer.write_batch(pa.RecordBatch.from_pylist(chunk, schema))
+                        chunk = []
+                if chunk:
+                    writer.write_batch(pa.RecordBatch.from_pylist(chunk, schema))
+            os.replace(partial, path)  # whole or not at all: a run stopped half-way leaves no half cache
+        finally:
+            partial.unlink(missing_ok=True)
+    rows = datasets.Dataset.from_file(str(path))
+    note(f"{what} {'read from the cache' if hit else 'computed and cached'} ({path.parent})")
+    _OPENED[key] = rows
+    return rows
+
+
+def content_hash(*columns) -> str:
+    """sha256 of sequences of values (texts, numbers), column by column: what a cache key needs of the data."""
+    digest = hashlib.sha256()
+    for column in columns:
+        for value in column:
+            digest.update(str(value).encode("utf-8", "surrogatepass") + b"\0")
+        digest.update(b"\1")
+    return digest.hexdigest()

@@ -24,6 +24,8 @@ class Head:
 
     modules: tuple[str, ...]
     forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None
+    per_token: bool = False
+    """It reads every token's features, (B, T, C) (token and span heads), not one vector per input (B, C)."""
 
 
 class ModelAdapter(Protocol):
@@ -45,7 +47,8 @@ class ModelAdapter(Protocol):
         """Outputs of the task head: (B, num_outputs), or (B, T, V) for a causal LM."""
 
     def forward_features(self, **inputs) -> torch.Tensor:
-        """What the backbone gives the head, (B, C): computed once and cached by feature extraction."""
+        """What the backbone gives the head, (B, C), or (B, T, C) for a per-token head: computed once and
+        cached by feature extraction."""
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor: ...
 

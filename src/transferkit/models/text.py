@@ -1,8 +1,10 @@
-"""Text classifiers: a Hugging Face sequence-classification model with a backbone/head split.
+"""Text encoders with a task head: a Hugging Face sequence-classification, token-classification or
+question-answering model with a backbone/head split.
 
 The split follows timm (`forward_features`, `forward_head`): the frozen-backbone regime runs
 `forward_features` once over the data, caches the result, and trains only `forward_head`.
-The model itself stays a plain `*ForSequenceClassification`, so what we save loads anywhere.
+The model itself stays a plain `*ForSequenceClassification` (`*ForTokenClassification`,
+`*ForQuestionAnswering`), so what we save loads anywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import torch
 import transformers
 from torch import nn
 from peft import TaskType
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification, AutoTokenizer)  # fmt: skip
 
 from .. import assets
 from .base import Head
@@ -38,6 +41,14 @@ def _deberta_head(hf, h):
     return hf.classifier(hf.dropout(hf.pooler(h[:, None])))
 
 
+def _token_head(hf, h):  # (B, T, C) -> (B, T, num_labels): one tag per token
+    return hf.classifier(hf.dropout(h))
+
+
+def _span_head(hf, h):  # (B, T, C) -> (B, T, 2): each token's start and end logit
+    return hf.qa_outputs(h)
+
+
 # model_type -> head. A plain dict so that grep finds what is supported.
 HEADS: dict[str, Head] = {
     "bert": Head(("bert.pooler", "classifier"), _bert_head),
@@ -48,27 +59,40 @@ HEADS: dict[str, Head] = {
     "distilbert": Head(("pre_classifier", "classifier"), _distilbert_head),
     "deberta-v2": Head(("pooler", "classifier"), _deberta_head),
 }
+# Every architecture in HEADS builds its token and span heads alike: a linear layer over each token's
+# hidden state (after dropout for tags), named classifier / qa_outputs.
+PER_TOKEN_HEADS = {"token": Head(("classifier",), _token_head, per_token=True), "span": Head(("qa_outputs",), _span_head, per_token=True)}
+
+# What a task asks for (its head_config()["head"]) -> the transformers class that builds it, and peft's task type.
+AUTO_CLASSES = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification,
+                "span": AutoModelForQuestionAnswering}  # fmt: skip
+PEFT_TASK_TYPES = {"sequence": TaskType.SEQ_CLS, "token": TaskType.TOKEN_CLS, "span": TaskType.QUESTION_ANS}
 
 
 class TextClassifier(nn.Module):
-    """A sequence classifier with `forward_features` (backbone) and `forward_head` (task head).
+    """A text encoder with a task head: `forward_features` (backbone) and `forward_head` (task head).
 
     Every task model offers the same face to the regimes, the loop and the runs: forward,
     forward_features, forward_head, head / head_parameters, encode (examples -> loader items),
-    add_adapter (peft), reinitialize, save.
+    add_adapter (peft), reinitialize, save. `head_kind` is what its task asked for: "sequence"
+    (one output vector per input), "token" (one per token) or "span" (start and end logits per token).
     """
 
     kind = "encoder"
-    peft_task_type = TaskType.SEQ_CLS
     modality = "text"
     reads_pairs = True  # (text, text_pair) inputs, tokenized as a pair
     lora_targets = "all-linear"  # every linear layer of attention and MLP
 
-    def __init__(self, hf: nn.Module, tokenizer, max_length: int = 512):
+    def __init__(self, hf: nn.Module, tokenizer, max_length: int = 512, head_kind: str = "sequence"):
         super().__init__()
         self.hf = hf
         self.tokenizer = tokenizer
         self.tokenizer.model_max_length = max_length  # saved with it: plain truncation=True matches
+        self.head_kind = head_kind
+
+    @property
+    def peft_task_type(self):
+        return PEFT_TASK_TYPES[self.head_kind]
 
     @property
     def max_length(self) -> int:
@@ -112,7 +136,7 @@ class TextClassifier(nn.Module):
         self.hf.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
         (folder / "labels.json").write_text(json.dumps(self.label_names))
-        head = {"labels": self.label_names, "problem_type": self.hf.config.problem_type}
+        head = {"labels": self.label_names, "problem_type": self.hf.config.problem_type, "head": self.head_kind}
         (folder / HEAD_FILE).write_text(json.dumps(head, indent=2))
 
     @property
@@ -136,7 +160,7 @@ class TextClassifier(nn.Module):
     def head(self) -> Head:
         if not self.can_split:
             raise UserError(self.why_no_split())
-        return HEADS[self.model_type]
+        return PER_TOKEN_HEADS.get(self.head_kind) or HEADS[self.model_type]
 
     def read_inputs(self, path: str | None, text: str | None, column: str, pair: str | None = None, pair_column: str | None = None):
         """What `predict` reads for this model (data/inputs.py)."""
@@ -146,13 +170,20 @@ class TextClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return self.hf(input_ids=input_ids, attention_mask=attention_mask, **segments).logits  # (B, num_labels)
+        out = self.hf(input_ids=input_ids, attention_mask=attention_mask, **segments)
+        if self.head_kind == "span":
+            return torch.stack([out.start_logits, out.end_logits], -1)[:, -input_ids.shape[1] :]  # (B, T, 2)
+        if self.head_kind == "token":  # a soft prompt (prompt tuning) adds outputs before the input's own: dropped
+            return out.logits[:, -input_ids.shape[1] :]  # (B, T, num_labels)
+        return out.logits  # (B, num_labels)
 
     def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden state of the first token, the input of every head in HEADS: (B, C)."""
+        """Hidden state of the first token, the input of every head in HEADS: (B, C); every token's for a
+        token or span head: (B, T, C)."""
         backbone = getattr(self.hf, self.hf.base_model_prefix)
         segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        return backbone(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state[:, 0]
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
+        return hidden if self.head.per_token else hidden[:, 0]
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head.forward(self.hf, features)
@@ -193,10 +224,11 @@ def load_text_classifier(
     trust_remote_code: bool = False,
     max_length: int | None = None,
     attention_dropout_p: float | None = None,
-    problem_type: str = "single_label_classification",
+    problem_type: str | None = "single_label_classification",
+    head: str = "sequence",
 ) -> TextClassifier:
-    """A pre-trained encoder (built-in name or local folder) with a fresh head with one output per name
-    in `label_names` (classes, or regression targets)."""
+    """A pre-trained encoder (built-in name or local folder) with a fresh `head` (sequence, token or
+    span) with one output per name in `label_names` (classes, regression targets, tags; start and end)."""
     path = assets.locate_model(name_or_path).path
     if not path.is_dir():
         raise UserError(f"model '{name_or_path}' is a file, not a model folder; pass a Hugging Face model folder")
@@ -212,10 +244,11 @@ def load_text_classifier(
     config.problem_type = problem_type
     for key, value in attention_dropout(path, attention_dropout_p, trust_remote_code).items():
         setattr(config, key, value)
+    known = PER_TOKEN_HEADS[head] if head in PER_TOKEN_HEADS else HEADS.get(config.model_type)
     hf = load_pretrained(
-        AutoModelForSequenceClassification,
+        AUTO_CLASSES[head],
         path,
-        head=HEADS[config.model_type].modules if config.model_type in HEADS else (),
+        head=known.modules if known else (),
         config=config,
         ignore_mismatched_sizes=True,  # a folder fine-tuned earlier may carry a head of another size
         trust_remote_code=trust_remote_code,
@@ -223,13 +256,15 @@ def load_text_classifier(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     hf.config.pad_token_id = tokenizer.pad_token_id
-    return TextClassifier(hf, tokenizer, max_length)
+    return TextClassifier(hf, tokenizer, max_length, head)
 
 
 def load(cfg, head: dict, note=lambda message: None) -> TextClassifier:
-    """The encoder `cfg` (a RunConfig) names, with the head `head` (a task's head_config) asks for."""
+    """The encoder `cfg` (a RunConfig) names, with the head `head` (a task's head_config) asks for:
+    head["head"] is sequence (the default), token or span."""
     m = cfg.model
-    return load_text_classifier(m.name, head["labels"], m.trust_remote_code, m.max_length, m.attention_dropout, head["problem_type"])
+    return load_text_classifier(m.name, head["labels"], m.trust_remote_code, m.max_length, m.attention_dropout, head.get("problem_type"),
+                                head.get("head", "sequence"))  # fmt: skip
 
 
 def read_model_config(path: Path, trust_remote_code: bool = False):
@@ -308,21 +343,22 @@ def load_saved(model_dir: Path) -> TextClassifier:
     quiet_transformers()
     tokenizer = load_tokenizer(model_dir)
     adapter_config = model_dir / "adapter_config.json"
+    head = model_dir / HEAD_FILE  # folders saved before head.json existed: labels.json, single-label
+    head = json.loads(head.read_text()) if head.is_file() else {"labels": json.loads((model_dir / "labels.json").read_text())}
+    auto_class = AUTO_CLASSES[head.get("head", "sequence")]
     if adapter_config.is_file():
         from peft import PeftModel
 
-        head = model_dir / HEAD_FILE  # folders saved before head.json existed: labels.json, single-label
-        head = json.loads(head.read_text()) if head.is_file() else {"labels": json.loads((model_dir / "labels.json").read_text())}
         labels = head["labels"]
         base_path = Path(json.loads(adapter_config.read_text())["base_model_name_or_path"])
         config = AutoConfig.from_pretrained(base_path)
         config.problem_type = None  # see load_text_classifier: cleared, then set to the head's own
         config.num_labels = len(labels)
         config.id2label, config.label2id = dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
-        config.problem_type = head.get("problem_type") or "single_label_classification"
-        base = AutoModelForSequenceClassification.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True, dtype=torch.float32)
+        config.problem_type = head.get("problem_type") or ("single_label_classification" if head.get("head", "sequence") == "sequence" else None)
+        base = auto_class.from_pretrained(base_path, config=config, ignore_mismatched_sizes=True, dtype=torch.float32)
         base.config.pad_token_id = tokenizer.pad_token_id
         hf = PeftModel.from_pretrained(base, model_dir)
     else:
-        hf = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
-    return TextClassifier(hf.eval(), tokenizer, tokenizer.model_max_length)
+        hf = auto_class.from_pretrained(model_dir, dtype=torch.float32)
+    return TextClassifier(hf.eval(), tokenizer, tokenizer.model_max_length, head.get("head", "sequence"))

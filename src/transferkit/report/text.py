@@ -11,7 +11,7 @@ def format_metrics(metrics: dict) -> str:
     if "accuracy" not in metrics:
         lines = [f"{key:<20}{value:.4f}" if isinstance(value, float) else f"{key:<20}{value}"
                  for key, value in metrics.items() if not isinstance(value, dict)]  # fmt: skip
-        for key in ("per_target", "per_label"):  # regression targets, multi-label labels
+        for key in ("per_target", "per_label", "per_type"):  # regression targets, multi-label labels, entity types
             rows = metrics.get(key) or {}
             if rows:
                 columns = list(next(iter(rows.values())))

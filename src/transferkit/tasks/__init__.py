@@ -14,7 +14,9 @@ from .base import TASK_FILE, Context, Task, write_task_file
 from .classify import Classification
 from .generate import Generation, LanguageModeling
 from .multilabel import MultiLabel
+from .qa import QuestionAnswering
 from .regress import Regression
+from .tokens import TokenClassification
 from .verbalise import VerbaliserClassification
 
 # (model kind, task name) -> factory(cfg) -> Task
@@ -22,6 +24,8 @@ TASKS = {
     ("encoder", "classify"): lambda cfg: Classification(),
     ("encoder", "regress"): Regression,
     ("encoder", "multilabel"): MultiLabel,
+    ("encoder", "qa"): QuestionAnswering,
+    ("encoder", "tokens"): TokenClassification,
     ("image", "classify"): lambda cfg: Classification(),
     ("causal", "classify"): VerbaliserClassification,
     ("causal", "generate"): Generation,
@@ -29,8 +33,8 @@ TASKS = {
 
 KIND_WORDS = {"encoder": "a text encoder", "causal": "a causal language model", "image": "an image network"}
 
-__all__ = ["Classification", "Context", "Generation", "LanguageModeling", "MultiLabel", "Regression", "TASKS", "Task",
-           "VerbaliserClassification", "make", "saved", "write_task_file"]  # fmt: skip
+__all__ = ["Classification", "Context", "Generation", "LanguageModeling", "MultiLabel", "QuestionAnswering", "Regression", "TASKS",
+           "Task", "TokenClassification", "VerbaliserClassification", "make", "saved", "write_task_file"]  # fmt: skip
 
 
 def make(kind: str, cfg) -> Task:

@@ -34,7 +34,14 @@ def cache_features(model: nn.Module, loader, accelerator, precision: str, progre
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with autocast(accelerator, precision):
             features = model.forward_features(**{k: v for k, v in batch.items() if k != "labels"})
-        for row, label in zip(features.float().cpu(), batch["labels"].cpu()):
-            items.append({"features": row, "labels": label})  # a class index, or target values
+        labels = batch["labels"].cpu()
+        # Per-token features (B, T, C) keep each input's own tokens, not the batch's padding; so do
+        # per-token labels (tags), not a span's (start, end, window).
+        lengths = batch["attention_mask"].sum(-1).tolist() if features.ndim == 3 else [None] * len(features)
+        per_token_labels = features.ndim == 3 and labels.ndim == 2 and labels.shape[1] == features.shape[1]
+        for row, label, n in zip(features.float().cpu(), labels, lengths):
+            if n is not None:
+                row, label = row[:n], label[:n].tolist() if per_token_labels else label
+            items.append({"features": row, "labels": label})  # a class index, target values, tags or a span
     model.train(was_training)
     return items

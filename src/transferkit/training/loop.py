@@ -32,6 +32,8 @@ class FitResult:
     best_step: int = 0
     best_metrics: dict = field(default_factory=dict)
     stopped_early: bool = False
+    solver: str = "adam"
+    """What fit the stage: the loop ("adam") or training/probe.py ("lbfgs")."""
 
 
 class Progress:

@@ -61,7 +61,7 @@ def fit_probe(head: nn.Module, train_loader, val_loader, task, accelerator, stag
     def validate() -> dict:
         return evaluate(model, val_loader, task, accelerator, precision)
 
-    result = FitResult()
+    result = FitResult(solver="lbfgs")
     started = time.perf_counter()
     # The incoming head competes, on raw features: the folded head of an earlier stage stays as it was.
     best = _Best(head, cfg.metric or task.metric, None, evaluate(head, val_loader, task, accelerator, precision))
