@@ -538,12 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="1", help="runs per regime and size, with seeds 0, 1, ... (default: 1)")
     p.add_argument("--tune", help="first tune each regime with this many trials (transferkit tune), and compare them at "
                    "their best settings rather than their defaults")
-    p.add_argument("--model", help="built-in model name or a local model folder")
-    p.add_argument("--data", help="built-in dataset name or a data file / image folder")
-    p.add_argument("--text-column", help="column with the input text (default: text)")
-    p.add_argument("--label-column", help="column with the label (default: label)")
-    p.add_argument("--pair-column", help="column with the second text of a text pair")
-    p.add_argument("--task", help="classify, regress or multilabel (default: a built-in dataset's own, else classify)")
+    _add_model_and_data(p)
     p.add_argument("--output", help="folder for the runs, the table and the report (default: runs/compare-<data>)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished comparison in that folder")
 
@@ -551,13 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = parsers[name]
         p.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG.yaml] [section.key=value ...]",
                        help="the base configuration, then overrides, as for train")
-        p.add_argument("--model", help="built-in model name or a local model folder")
-        p.add_argument("--data", help="built-in dataset name or a data file / image folder")
+        _add_model_and_data(p)
         p.add_argument("--regime", help="the regime to search / test (default: full)")
-        p.add_argument("--text-column", help="column with the input text (default: text)")
-        p.add_argument("--label-column", help="column with the label (default: label)")
-        p.add_argument("--pair-column", help="column with the second text of a text pair")
-        p.add_argument("--task", help="classify, regress or multilabel (default: a built-in dataset's own, else classify)")
         p.add_argument("--seed", type=int, help="seed of the split, the runs and the sampler (default: 0)")
         p.add_argument("--overwrite", action="store_true", help="replace an earlier result in --output")
     p = parsers["tune"]
@@ -629,6 +619,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole breakdown as JSON")
     parser.commands = parsers
     return parser
+
+
+def _add_model_and_data(p) -> None:
+    """The flags compare, tune and lr-find share with train: which model, which data, which columns."""
+    p.add_argument("--model", help="built-in model name or a local model folder")
+    p.add_argument("--data", help="built-in dataset name or a data file / image folder")
+    p.add_argument("--text-column", help="column with the input text (default: text)")
+    p.add_argument("--label-column", help="column with the label (default: label)")
+    p.add_argument("--pair-column", help="column with the second text of a text pair")
+    p.add_argument("--task", help="classify, regress, multilabel, tokens or qa (default: a built-in dataset's own, else classify)")
 
 
 class _Parser(argparse.ArgumentParser):
