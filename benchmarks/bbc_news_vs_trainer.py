@@ -48,6 +48,9 @@ def run_transferkit(regime: str, settings: dict, train_size: int | None) -> dict
         # The model's own attention dropout, as Trainer runs it: the same recipe on both sides.
         # transferkit's default (off) makes its steps a fifth to a quarter faster again on a CPU.
         "model.attention_dropout": None,
+        # The same recipe as Trainer's: the head in the loop (Adam, these epochs), not transferkit's
+        # default L-BFGS probe, which fits to convergence and has no epochs to match.
+        **({"freeze.solver": "adam"} if regime == "freeze" else {}),
     }
     started = time.perf_counter()
     run = transferkit.train(transferkit.load_config(None, overrides))
