@@ -137,7 +137,7 @@ def test_auto_chooses_on_validation_and_the_saved_run_predicts_the_same(tiny_lla
     chosen = run.metrics["chosen_on_validation"]
     assert set(chosen["calibration_validation_accuracy"]) == set(calibration.MODES)
     assert chosen["calibration"] == calibration.best_mode(chosen["calibration_validation_accuracy"])
-    assert run.metrics["prompt"]["calibrated"] == chosen["calibration"] and run.metrics["prompt"]["chat"] == "one-turn"
+    assert run.metrics["prompt"]["calibrated"] == chosen["calibration"] and run.metrics["prompt"]["chat"] == "turns"
     assert "accuracy" in run.metrics["test_uncalibrated"]  # the raw result beside the calibrated one
     model, cfg = load_run(run.dir)
     # The validation accuracy of every mode, by hand from the reloaded prompt and content-free inputs.

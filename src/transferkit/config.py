@@ -169,8 +169,8 @@ class LMConfig:
     chat: str = "auto"
     """Classification with a causal LM: ask through the model's chat template, demonstrations as one
     user turn (one-turn) or as a user turn and an assistant answer each (turns); off: plain text
-    (instruction, then Text: ... / Answer: ...). auto: one-turn where the tokenizer has a chat template
-    (it did better than turns on SmolLM2: README), plain text where it has none."""
+    (instruction, then Text: ... / Answer: ...). auto: turns where the tokenizer has a chat template
+    (at 8 shots it did far better than one-turn on SmolLM2: benchmarks/README.md), plain text where it has none."""
     max_new_tokens: int = 64
     """Generation: the longest answer generated for exact match, samples and predict."""
     generate_examples: int = 50

@@ -101,7 +101,7 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
 
 
 CHAT_LAYOUTS = ("turns", "one-turn")
-CHAT_DEFAULT = "one-turn"  # measured on SmolLM2 (README, benchmarks/icl_calibration.py): see LMConfig.chat
+CHAT_DEFAULT = "turns"  # measured on SmolLM2 (benchmarks/README.md, icl_calibration.py): see LMConfig.chat
 _MARKS = ("\x00user\x00", "\x00answer\x00", "\x00next\x00")  # contents no template writes itself
 
 
