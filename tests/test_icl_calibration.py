@@ -171,15 +171,19 @@ def test_batch_mode_and_similar_demonstrations_reload(tiny_llama, toy_csv, tmp_p
     its stored test statistics come back, and the reloaded run predicts what the run measured."""
     from transferkit.inference import load_run, predict_proba
 
-    run = train(None, llama_overrides(tiny_llama, toy_csv, tmp_path / "sim", "icl", **{"icl.calibrate": "batch", "icl.select": "similar"}))
-    assert run.metrics["prompt"]["select"] == "similar" and run.metrics["prompt"]["calibrated"] == "batch"
-    spec = json.loads((run.model_dir / "lm.json").read_text())
+    from transferkit import cli
+
+    run_dir = tmp_path / "sim"
+    assert cli.main(["train", *llama_overrides(tiny_llama, toy_csv, run_dir, "icl", **{"icl.select": "similar"}), "--calibrate-mode", "batch"]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["prompt"]["select"] == "similar" and metrics["prompt"]["calibrated"] == "batch" and "test_uncalibrated" in metrics
+    spec = json.loads((run_dir / "model" / "lm.json").read_text())
     assert spec["demonstration_pool"]["shots"] == 4 and len(spec["demonstration_pool"]["examples"]) == 84
-    model, cfg = load_run(run.dir)
+    model, cfg = load_run(run_dir)
     test = train_splits(cfg).test
     probabilities = predict_proba(model, list(test.inputs))
     truth = torch.tensor([model.task.label_names.index(y) for y in test.labels])
-    assert (probabilities.argmax(-1) == truth).float().mean().item() == pytest.approx(run.metrics["test"]["accuracy"])
+    assert (probabilities.argmax(-1) == truth).float().mean().item() == pytest.approx(metrics["test"]["accuracy"])
     assert torch.allclose(predict_proba(model, list(test.inputs)[:1]), probabilities[:1], atol=1e-5)  # the stored test mean
 
 
