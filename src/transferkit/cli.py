@@ -86,8 +86,8 @@ def cmd_train(args) -> None:
         "icl.shots": args.shots,
     }
     flags = {k: v for k, v in flags.items() if v is not None}  # flag values are literal: never read as YAML
-    if args.calibrate:
-        flags["icl.calibrate"] = True
+    if args.calibrate or args.calibrate_mode:
+        flags["icl.calibrate"] = args.calibrate_mode or "auto"
     if args.overwrite:
         flags["overwrite"] = True
     if args.trust_remote_code:
@@ -521,7 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "generate (a causal LM learns responses or plain text), tokens (a tag per word: named entities) or qa "
                    "(extractive question answering) (default: a built-in dataset's own, else classify)")
     p.add_argument("--shots", help="icl: demonstrations in the prompt, a number or max (default: 8)")
-    p.add_argument("--calibrate", action="store_true", help="causal-LM classification: contextual calibration of the label scores")
+    p.add_argument("--calibrate", action="store_true", help="causal-LM classification: calibrate the label scores, with the mode "
+                   "(contextual, domain or batch) that scores best on the validation split")
+    p.add_argument("--calibrate-mode", choices=["none", "contextual", "domain", "batch", "auto"],
+                   help="causal-LM classification: calibrate the label scores this way (--calibrate: auto)")
     p.add_argument("--epochs", type=int, help="passes over the training data (default: the regime's own)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the regime's own)")
     p.add_argument("--seed", type=int, help="seed for the split, the initialisation and the batch order (default: 0)")

@@ -77,8 +77,10 @@ def _space_scratch(trial, d, lr_centre):
 
 
 def _space_icl(trial, d, lr_centre):
+    from .eval.calibration import MODES
+
     return {"icl.shots": str(trial.suggest_categorical("icl.shots", [0, 1, 2, 4, 8, 16])),
-            "icl.calibrate": trial.suggest_categorical("icl.calibrate", [False, True])}  # fmt: skip
+            "icl.calibrate": trial.suggest_categorical("icl.calibrate", list(MODES))}  # fmt: skip
 
 
 SPACES: dict[str, Callable] = {"full": _space_full, "lora": _space_lora, "prompt": _space_prompt, "staged": _space_staged,

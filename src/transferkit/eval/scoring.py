@@ -6,9 +6,7 @@ query, so it runs once: its key/value cache is kept and every query continues fr
 the query and label tokens are computed (`cached=True`). `cached=False` scores the full prompt
 each time, the slow reference the cached path must agree with.
 
-Contextual calibration (Zhao et al. 2021): small models lean toward some labels whatever the
-input. Scoring a content-free input ("N/A") with the same prompt measures that lean, and each
-label's score is divided by it (subtracted, in log space).
+How the scores are calibrated against a small model's lean toward some labels is eval/calibration.py.
 """
 
 from __future__ import annotations
@@ -25,10 +23,25 @@ TOKENS_PER_CALL = 8192
 
 
 @torch.no_grad()
-def label_scores(model, queries: list[list[int]], cached: bool = True, progress=None) -> torch.Tensor:
-    """(N, L) log-likelihood of each label's verbaliser after model.prefix_ids() + each query."""
-    hf, prefix = model.hf, model.prefix_ids()
+def label_scores(model, queries: list[list[int]], cached: bool = True, progress=None, prefixes: list[list[int]] | None = None) -> torch.Tensor:
+    """(N, L) log-likelihood of each label's verbaliser after a prefix and each query.
+
+    The prefix is model.prefix_ids() for every query, or `prefixes[i]` for query i (demonstrations
+    chosen per query, icl.select=similar): queries with the same prefix share its cache, so a
+    prefix of its own is computed once for all the labels of its query.
+    """
     answers = model.prompt.answer_ids(model.tokenizer)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, prefix in enumerate(prefixes if prefixes is not None else [model.prefix_ids()] * len(queries)):
+        groups.setdefault(tuple(prefix), []).append(i)
+    scores = torch.empty(len(queries), len(answers))
+    for prefix, members in groups.items():
+        scores[members] = _scores_after(model.hf, list(prefix), [queries[i] for i in members], answers, cached, progress)
+    return scores
+
+
+def _scores_after(hf, prefix: list[int], queries: list[list[int]], answers: list[list[int]], cached: bool, progress) -> torch.Tensor:
+    """(N, L) label scores of queries that all follow `prefix`."""
     # Queries of similar length share a call, so that little of it is padding.
     by_length = sorted(range(len(queries)), key=lambda i: len(queries[i]))
     rows = [(i, label) for i in by_length for label in range(len(answers))]
@@ -79,11 +92,6 @@ def _answer_logprobs(hf, sequences: list[list[int]], keep: int, past, past_lengt
     out = hf(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=past is not None,
              logits_to_keep=keep)  # fmt: skip
     return out.logits[:, -keep:].float().log_softmax(-1).cpu()
-
-
-def calibrated(scores: torch.Tensor, content_free: torch.Tensor) -> torch.Tensor:
-    """Scores with the content-free input's lean divided out: log p(label | x) - log p(label | N/A)."""
-    return scores.log_softmax(-1) - content_free.log_softmax(-1)
 
 
 def _vocab(hf) -> int:

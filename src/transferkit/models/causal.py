@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from .base import Head
 from .text import attention_dropout, choose_max_length, load_pretrained, load_tokenizer, quiet_transformers, read_model_config
 
 LM_FILE = "lm.json"  # beside the weights: task, labels, verbalisers, prompt, demonstrations
+POOL_FILE = "demonstration_pool.safetensors"  # icl.select=similar: the embeddings of the examples to draw from
 
 
 def cache_dir() -> Path:
@@ -99,36 +100,98 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+CHAT_LAYOUTS = ("turns", "one-turn")
+CHAT_DEFAULT = "turns"  # measured on SmolLM2 (benchmarks/README.md, icl_calibration.py): see LMConfig.chat
+_MARKS = ("\x00user\x00", "\x00answer\x00", "\x00next\x00")  # contents no template writes itself
+
+
 @dataclass
 class LabelPrompt:
-    """How a causal LM is asked to classify: an instruction, then `Text: ... / Answer: <word>`.
+    """How a causal LM is asked to classify.
 
-    The same ids are built for training, for in-context demonstrations and for scoring, so the
-    model sees one format everywhere.
+    Plain (`chat` None): an instruction, then `Text: ... / Answer: <word>` for each demonstration
+    and for the query. Through the model's chat template (`chat` "turns" or "one-turn"): the
+    instruction opens the first user turn; the query is a user turn `Text: ...` and the label word
+    is the start of the assistant's answer. "turns" gives each demonstration its own user turn and
+    assistant answer; "one-turn" writes them all as `Text: ... / Answer: <word>` in the first user
+    turn, before the query's. Either way every query continues one prefix, token for token (the
+    cached prefix of eval/scoring.py). The same ids are built for training, for demonstrations and
+    for scoring, so the model sees one format everywhere.
     """
 
     labels: list[str]
     verbalisers: list[str]
     instruction: str
+    chat: str | None = None
+    """None (plain text), "turns" or "one-turn" (see above); "auto" until the tokenizer is known."""
+    _pieces: dict | None = field(default=None, repr=False, compare=False)
+
+    def resolve(self, tokenizer) -> LabelPrompt:
+        """This prompt with `chat` "auto" decided by the tokenizer: the chat template where it has one."""
+        chat = self.chat
+        if chat == "auto":
+            chat = CHAT_DEFAULT if tokenizer.chat_template else None
+        elif chat in CHAT_LAYOUTS and not tokenizer.chat_template:
+            raise UserError(f"lm.chat={chat} needs a chat template, and this model's tokenizer has none; use lm.chat=off")
+        return LabelPrompt(self.labels, self.verbalisers, self.instruction, chat)
 
     def prefix_ids(self, tokenizer, demos: list[tuple[str, int]], max_length: int) -> list[int]:
         """Instruction, then each demonstration with its answer: the part every query shares."""
-        ids = tokenizer(self.instruction + "\n\n")["input_ids"]
-        separator = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+        if self.chat is None:
+            ids = tokenizer(self.instruction)["input_ids"] + self._before_text(tokenizer, "\n\n")
+            for text, label in demos:
+                ids += self.query_ids(tokenizer, text, max_length) + self.answer_ids(tokenizer)[label] + self._before_text(tokenizer, "\n\n")
+            return ids
+        pieces = self.pieces(tokenizer)
+        ids = pieces["head"] + self._before_text(tokenizer, self.instruction + "\n\n")
         for text, label in demos:
-            ids += self.query_ids(tokenizer, text, max_length) + self.answer_ids(tokenizer)[label] + separator
+            if self.chat == "turns":
+                ids += self._text_ids(tokenizer, text, max_length) + pieces["tail"] + self.answer_ids(tokenizer)[label] + pieces["between"]
+            else:
+                words = self._before_text(tokenizer, "\nAnswer: " + self.verbalisers[label] + "\n\n")
+                ids += self._text_ids(tokenizer, text, max_length) + words
         return ids
 
     def query_ids(self, tokenizer, text: str, max_length: int) -> list[int]:
-        """`Text: <text, cut to max_length tokens>` and `Answer:`, ready for a label's tokens."""
-        words = tokenizer(" " + text, add_special_tokens=False)["input_ids"][:max_length]
-        return tokenizer("Text:", add_special_tokens=False)["input_ids"] + words + tokenizer("\nAnswer:", add_special_tokens=False)["input_ids"]
+        """`Text: <text, cut to max_length tokens>` and what comes before the answer: `Answer:`, or the
+        end of the user turn and the start of the assistant's."""
+        end = self._ids(tokenizer, "\nAnswer:") if self.chat is None else self.pieces(tokenizer)["prompt"]
+        return self._text_ids(tokenizer, text, max_length) + end
 
     def answer_ids(self, tokenizer) -> list[list[int]]:
-        return [tokenizer(" " + word, add_special_tokens=False)["input_ids"] for word in self.verbalisers]
+        space = " " if self.chat is None else ""  # after "Answer:"; an assistant's answer starts the turn
+        return [self._ids(tokenizer, space + word) for word in self.verbalisers]
+
+    def pieces(self, tokenizer) -> dict[str, list[int]]:
+        """The chat template's own text around the contents, as token ids: `head` (up to the first user
+        turn's content), `tail` (user content to assistant content), `between` (assistant content to the
+        next user content) and `prompt` (user content to the assistant's answer: the generation prompt)."""
+        if self._pieces is None:
+            user, answer, nxt = _MARKS
+            messages = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}, {"role": "user", "content": nxt}]
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            head, rest = text.split(user)
+            tail, rest = rest.split(answer)
+            between, prompt = rest.split(nxt)
+            self._pieces = {name: self._ids(tokenizer, t) for name, t in
+                            [("head", head), ("tail", tail), ("between", between), ("prompt", prompt)]}  # fmt: skip
+        return self._pieces
+
+    @staticmethod
+    def _ids(tokenizer, text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _before_text(self, tokenizer, text: str) -> list[int]:
+        """The ids of `text` as the tokenizer splits it with `Text:` next: a byte-level BPE splits "\n\n"
+        before a word as two newlines (the form it was trained on), at the end of a string as one."""
+        both, after = self._ids(tokenizer, text + "Text:"), self._ids(tokenizer, "Text:")
+        return both[: len(both) - len(after)] if both[len(both) - len(after) :] == after else self._ids(tokenizer, text)
+
+    def _text_ids(self, tokenizer, text: str, max_length: int) -> list[int]:
+        return self._ids(tokenizer, "Text:") + self._ids(tokenizer, " " + text)[:max_length]
 
 
-def label_prompt(labels: list[str], verbalisers: list[str] | None, instruction: str | None) -> LabelPrompt:
+def label_prompt(labels: list[str], verbalisers: list[str] | None, instruction: str | None, chat: str | None = None) -> LabelPrompt:
     """The verbaliser of every label (`label=word` pairs; default: the label itself), checked."""
     words = {label: label.replace("_", " ") for label in labels}
     for pair in verbalisers or []:
@@ -144,7 +207,7 @@ def label_prompt(labels: list[str], verbalisers: list[str] | None, instruction: 
             raise UserError(f"labels '{seen[word.lower()]}' and '{label}' share the verbaliser '{word}'; give each label its own word")
         seen[word.lower()] = label
     ordered = [words[label] for label in labels]
-    return LabelPrompt(labels, ordered, instruction or f"Classify each text as one of: {', '.join(ordered)}.")
+    return LabelPrompt(labels, ordered, instruction or f"Classify each text as one of: {', '.join(ordered)}.", chat)
 
 
 class CausalLM(nn.Module):
@@ -171,6 +234,11 @@ class CausalLM(nn.Module):
         # mode: "classify" (asked for a label's verbaliser) or "generate"; lm.json keeps it as "task".
         self.hf, self.tokenizer, self.max_length, self.mode, self.prompt, self.base = hf, tokenizer, max_length, mode, prompt, base
         self.demos: list[tuple[str, int]] = []  # in-context demonstrations (regime icl): (text, label index)
+        # icl.select=similar: the training examples each query's demonstrations are drawn from, with
+        # their embeddings (`embed`), and how many each query gets (methods/icl.py `nearest`).
+        self.pool: list[tuple[str, int]] = []
+        self.pool_embeddings: torch.Tensor | None = None
+        self.pool_shots = 0
         self.chat_demos: list[list[dict]] = []  # the same for generation: earlier chats, turn by turn
         self.trained = True  # the icl regime sets False: its folder keeps only the prompt
 
@@ -201,6 +269,22 @@ class CausalLM(nn.Module):
     def prefix_ids(self) -> list[int]:
         """What comes before every classification query: the instruction and any demonstrations."""
         return self.prompt.prefix_ids(self.tokenizer, self.demos, self.max_length)
+
+    @torch.no_grad()
+    def embed(self, texts: list[str], batch_size: int = 16) -> torch.Tensor:
+        """(N, C) the model's own embedding of each text: its last hidden states averaged over the
+        text's tokens (cut to max_length), unit length."""
+        device = next(self.hf.parameters()).device
+        rows = []
+        for start in range(0, len(texts), batch_size):
+            ids = [self.tokenizer(t)["input_ids"][: self.max_length] or [self.pad_id] for t in texts[start : start + batch_size]]
+            width = max(map(len, ids))  # right padding: a causal LM's real tokens never see it
+            input_ids = torch.tensor([i + [self.pad_id] * (width - len(i)) for i in ids], device=device)
+            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)
+            out = self.hf(input_ids=input_ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
+            hidden = out.hidden_states[-1].float() * mask[..., None]  # (B, T, C)
+            rows.append(torch.nn.functional.normalize(hidden.sum(1) / mask.sum(1, keepdim=True), dim=-1).cpu())
+        return torch.cat(rows) if rows else torch.zeros(0, self.hf.config.hidden_size)
 
     def encode_text(self, text: str) -> list[dict]:
         """Plain text: every token is learned; long texts become several blocks of max_length."""
@@ -279,11 +363,17 @@ class CausalLM(nn.Module):
             "labels": self.label_names,
             "verbalisers": self.prompt.verbalisers if self.prompt else [],
             "instruction": self.prompt.instruction if self.prompt else None,
+            "chat": self.prompt.chat if self.prompt else None,
             "demonstrations": [[text, label] for text, label in self.demos],
+            "demonstration_pool": {"shots": self.pool_shots, "examples": [[text, label] for text, label in self.pool]} if self.pool else None,
             "chat_demonstrations": self.chat_demos,
             "weights": "saved" if self.trained else "base_model",
         }
         (folder / LM_FILE).write_text(json.dumps(spec, indent=2))
+        if self.pool:
+            from safetensors.torch import save_file
+
+            save_file({"embeddings": self.pool_embeddings.contiguous()}, folder / POOL_FILE)
 
 
 def _describe(messages: list[dict]) -> str:
@@ -309,6 +399,7 @@ def load_causal_lm(name_or_path: str, task: str, prompt: LabelPrompt | None, max
     hf = load_pretrained(AutoModelForCausalLM, folder, trust_remote_code=trust_remote_code, **dropout)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    prompt = prompt.resolve(tokenizer) if prompt is not None else None
     return CausalLM(hf, tokenizer, max_length, task, prompt, str(folder.resolve()))
 
 
@@ -325,9 +416,15 @@ def load_saved(folder: Path) -> CausalLM:
     else:
         source = folder if spec["weights"] == "saved" else spec["base_model"]
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    prompt = LabelPrompt(spec["labels"], spec["verbalisers"], spec["instruction"]) if spec["task"] == "classify" else None
+    prompt = LabelPrompt(spec["labels"], spec["verbalisers"], spec["instruction"], spec.get("chat")) if spec["task"] == "classify" else None
     model = CausalLM(hf.eval(), tokenizer, spec["max_length"], spec["task"], prompt, spec["base_model"])
     model.demos = [(text, label) for text, label in spec["demonstrations"]]
     model.chat_demos = spec.get("chat_demonstrations", [])
+    if spec.get("demonstration_pool"):
+        from safetensors.torch import load_file
+
+        model.pool = [(text, label) for text, label in spec["demonstration_pool"]["examples"]]
+        model.pool_shots = spec["demonstration_pool"]["shots"]
+        model.pool_embeddings = load_file(folder / POOL_FILE)["embeddings"]
     model.trained = spec["weights"] == "saved"
     return model.eval()
