@@ -337,7 +337,7 @@ def _range_test_stage(cfg: RunConfig, stages: list):
     if stage is None or stage.solver != "adam":
         how = "no learning rate to find" if stage is None else "its head is fit to convergence by L-BFGS (no learning rate)"
         raise UserError(f"train.lr=suggested: regime {cfg.regime} has {how}; give train.lr a number"
-                        + (f" and {cfg.regime}.solver=adam" if stage is not None and cfg.regime == "freeze" else ""))  # fmt: skip
+                        + (f" and {cfg.regime}.solver=adam" if stage is not None else ""))  # fmt: skip
     return stage
 
 
