@@ -160,3 +160,15 @@ def test_every_space_samples_configs_that_load_and_holds_the_defaults(regime):
     if "train.epochs" in values:
         dist = study.trials[0].distributions["train.epochs"]
         assert dist.low <= defaults.train.epochs <= dist.high
+
+
+def test_epochs_found_on_a_subset_are_scaled_to_the_whole_data(tiny_bert, toy_csv, tmp_path):
+    from transferkit.runs import prepare
+
+    cfg = base(tiny_bert, toy_csv, tmp_path, "lora").with_dataset_defaults()
+    subset = prepare(load_config(cfg, {"data.train_size": 24}), check_output=False).cfg
+    whole = prepare(cfg, check_output=False).cfg
+    assert subset.train.epochs > whole.train.epochs  # small data: the defaults raise the epochs
+    got = tune_module._for_whole_data({"train.epochs": 2 * subset.train.epochs, "train.lr": 1e-3}, cfg, subset, 24)
+    assert got == {"train.epochs": round(2 * whole.train.epochs), "train.lr": 1e-3}
+    assert tune_module._for_whole_data({"train.epochs": 7}, cfg, subset, None) == {"train.epochs": 7}  # no subset: as found

@@ -148,7 +148,7 @@ def tune(base: RunConfig, trials: int | None = 20, minutes: float | None = None,
                            + yaml.safe_dump({"search": settings, "base": base.to_dict()}, sort_keys=False, allow_unicode=True))  # fmt: skip
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our row with its reason, not Optuna's traceback
         study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=base.train.seed),
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2))  # not on the first, noisiest validation  # fmt: skip
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2))  # not on the first, noisiest validation  # fmt: skip
         deadline = time.monotonic() + minutes * 60 if minutes else None
         objective = _objective(base, setup.cfg, staging, metric, train_size, lr_centre, progress, deadline)
 
@@ -164,7 +164,7 @@ def tune(base: RunConfig, trials: int | None = 20, minutes: float | None = None,
             first = next((t.get("error") for t in search.trials if t.get("error")), "every trial was pruned")
             raise UserError(f"no trial of the search finished; the first said: {first}")
         search.best = min(done, key=lambda t: t["value"]) if direction == "minimize" else max(done, key=lambda t: t["value"])
-        search.best_config = load_config(base, {**search.best["overrides"], "overwrite": False})
+        search.best_config = load_config(base, {**_for_whole_data(search.best["overrides"], base, setup.cfg, train_size), "overwrite": False})
         folders.write_text(staging / "best.yaml", f"{folders.CONFIG_HEADER}\n# the best trial of transferkit tune ({metric} "
                            f"{search.best['value']:.4f} on validation, trial {search.best['number']}): transferkit train THIS_FILE\n"
                            + yaml.safe_dump(search.best_config.to_dict(), sort_keys=False, allow_unicode=True))  # fmt: skip
@@ -178,6 +178,20 @@ def tune(base: RunConfig, trials: int | None = 20, minutes: float | None = None,
         raise
     folders.publish(staging, out, lock, kind="search")
     return search
+
+
+def _for_whole_data(overrides: dict, base: RunConfig, subset_defaults: RunConfig, train_size: int | None) -> dict:
+    """The best trial's settings for the whole training split. Epochs found on a subset are scaled by
+    the ratio of the defaults (on small data the defaults raise the epochs so a run makes enough
+    steps): 23 epochs where the subset's default was 16 become round(23 / 16 * 3) = 4 where the whole
+    split's default is 3."""
+    if not train_size or "train.epochs" not in overrides:
+        return overrides
+    from .runs import prepare
+
+    whole = prepare(load_config(base, {"output": str(Path(base.run_dir) / "check")}), check_output=False).cfg  # reads, writes nothing
+    scaled = max(1, round(overrides["train.epochs"] / subset_defaults.train.epochs * whole.train.epochs))
+    return {**overrides, "train.epochs": scaled}
 
 
 def _objective(base: RunConfig, defaults: RunConfig, staging: Path, metric: str, train_size: int | None, lr_centre: float | None,
