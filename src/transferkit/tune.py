@@ -262,7 +262,8 @@ def _table_rows(search: Search) -> list[list[str]]:
     names = _table_header(search)[3:-1]
     rows = []
     for t in search.trials:
-        state = t["state"] + (f" (validation {t['pruned_at']})" if t.get("pruned_at") else "") + (" *" if t is search.best else "")
+        state = "stopped by --minutes" if t["state"] == "pruned" and t.get("error") else t["state"]
+        state += (f" (validation {t['pruned_at']})" if t.get("pruned_at") else "") + (" *" if t is search.best else "")
         rows.append([str(t["number"]), state, "" if t["value"] is None else f"{t['value']:.4f}",
                      *[_shown(t["params"].get(n)) for n in names], "" if t["seconds"] is None else f"{t['seconds']:.0f}"])  # fmt: skip
     return rows
