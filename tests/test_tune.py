@@ -172,3 +172,27 @@ def test_epochs_found_on_a_subset_are_scaled_to_the_whole_data(tiny_bert, toy_cs
     got = tune_module._for_whole_data({"train.epochs": 2 * subset.train.epochs, "train.lr": 1e-3}, cfg, subset, 24)
     assert got == {"train.epochs": round(2 * whole.train.epochs), "train.lr": 1e-3}
     assert tune_module._for_whole_data({"train.epochs": 7}, cfg, subset, None) == {"train.epochs": 7}  # no subset: as found
+
+
+def test_lr_find_and_search_reports_render_in_headless_chromium(tiny_bert, toy_csv, tmp_path, capsys, monkeypatch):
+    import re
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); .ci/run installs it")
+    overrides = tiny_overrides(tiny_bert, toy_csv, tmp_path / "run", "full")
+    assert cli.main(["lr-find", *overrides, "--output", str(tmp_path / "lr")]) == 0
+    monkeypatch.setitem(tune_module.SPACES, "full", lambda trial, defaults, centre: {
+        "train.lr": trial.suggest_float("train.lr", 1e-4, 1e-2, log=True), "train.epochs": 1})  # fmt: skip
+    tune_module.tune(base(tiny_bert, toy_csv, tmp_path), trials=2, output=tmp_path / "search")
+    for page, plots in ((tmp_path / "lr" / "report.html", 1), (tmp_path / "search" / "report.html", 2)):
+        dom = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip
+        match = re.search(r'data-plots-rendered="(\d+)/(\d+)"', dom)
+        assert match and match.groups() == (str(plots), str(plots)), (page, dom[:300])
