@@ -11,7 +11,36 @@ from ..eval.metrics import classification_metrics
 from .sequence import outputs, test_on_items
 
 
-class Classification:
+class LabelPredictions:
+    """What every single-label classifier does with its class probabilities (`self.probabilities`):
+    predict, export checks, the one-line summary. Shared by the sequence head and the verbaliser."""
+
+    def scores(self, model, examples, batch_size: int = 32) -> torch.Tensor:
+        """What an export is checked against: the class probabilities."""
+        return self.probabilities(model, examples, batch_size)
+
+    @staticmethod
+    def activation(logits: torch.Tensor) -> torch.Tensor:
+        """The head's raw outputs (a plain load's logits) as `scores`."""
+        return logits.softmax(-1)
+
+    @staticmethod
+    def same_predictions(a: torch.Tensor, b: torch.Tensor) -> int:
+        return int((a.argmax(-1) == b.argmax(-1)).sum())
+
+    def predict(self, model, examples, ctx=None, detail: bool = False) -> dict[str, list]:
+        probabilities = self.probabilities(model, examples, ctx.batch_size if ctx is not None else 32)
+        best, index = probabilities.max(-1)
+        columns = {"predicted_label": [self.label_names[i] for i in index.tolist()], "probability": [round(p, 6) for p in best.tolist()]}
+        if detail:
+            columns["probabilities"] = [{n: round(p, 6) for n, p in zip(self.label_names, row)} for row in probabilities.tolist()]
+        return columns
+
+    def describe(self, m: dict) -> tuple[str, str | None]:
+        return f"test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}", f"{m['examples']} test examples"
+
+
+class Classification(LabelPredictions):
     name = "classify"
     head = "sequence"
     metric = "accuracy"
@@ -82,29 +111,6 @@ class Classification:
         """(N, num_labels) class probabilities in input order, in fp32 (as any plain load computes)."""
         return outputs(model, model.encode(examples, None), batch_size).softmax(-1)
 
-    def scores(self, model, examples, batch_size: int = 32) -> torch.Tensor:
-        """What an export is checked against: the class probabilities."""
-        return self.probabilities(model, examples, batch_size)
-
-    @staticmethod
-    def activation(logits: torch.Tensor) -> torch.Tensor:
-        """The head's raw outputs (a plain load's logits) as `scores`."""
-        return logits.softmax(-1)
-
-    @staticmethod
-    def same_predictions(a: torch.Tensor, b: torch.Tensor) -> int:
-        return int((a.argmax(-1) == b.argmax(-1)).sum())
-
-    def predict(self, model, examples, ctx=None, detail: bool = False) -> dict[str, list]:
-        probabilities = self.probabilities(model, examples, ctx.batch_size if ctx is not None else 32)
-        best, index = probabilities.max(-1)
-        columns = {"predicted_label": [self.label_names[i] for i in index.tolist()], "probability": [round(p, 6) for p in best.tolist()]}
-        if detail:
-            columns["probabilities"] = [{n: round(p, 6) for n, p in zip(self.label_names, row)} for row in probabilities.tolist()]
-        return columns
-
-    def describe(self, m: dict) -> tuple[str, str | None]:
-        return f"test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}", f"{m['examples']} test examples"
 
     def before_save(self, model) -> None:
         pass

@@ -13,11 +13,11 @@ import torch
 from ..errors import UserError
 from ..eval import calibration
 from ..eval.metrics import classification_metrics
-from .classify import check_known
+from .classify import LabelPredictions, check_known
 from .generate import LanguageModeling
 
 
-class VerbaliserClassification(LanguageModeling):
+class VerbaliserClassification(LabelPredictions, LanguageModeling):
     name = "classify"
     head = "lm"
     metric = "loss"
@@ -219,29 +219,6 @@ class VerbaliserClassification(LanguageModeling):
         batch = len(texts) >= calibration.MIN_BATCH or not self.calibration.get("batch_prior")
         return calibration.calibrated(raw, self.prior(mode, raw, free, batch)).softmax(-1)
 
-    def scores(self, model, examples, batch_size: int = 32) -> torch.Tensor:
-        """What an export is checked against: the class probabilities."""
-        return self.probabilities(model, examples, batch_size)
-
-    @staticmethod
-    def activation(logits: torch.Tensor) -> torch.Tensor:
-        """The head's raw outputs (a plain load's logits) as `scores`."""
-        return logits.softmax(-1)
-
-    @staticmethod
-    def same_predictions(a: torch.Tensor, b: torch.Tensor) -> int:
-        return int((a.argmax(-1) == b.argmax(-1)).sum())
-
-    def predict(self, model, examples, ctx=None, detail: bool = False) -> dict[str, list]:
-        probabilities = self.probabilities(model, examples, ctx.batch_size if ctx is not None else 32)
-        best, index = probabilities.max(-1)
-        columns = {"predicted_label": [self.label_names[i] for i in index.tolist()], "probability": [round(p, 6) for p in best.tolist()]}
-        if detail:
-            columns["probabilities"] = [{n: round(p, 6) for n, p in zip(self.label_names, row)} for row in probabilities.tolist()]
-        return columns
-
-    def describe(self, m: dict) -> tuple[str, str | None]:
-        return f"test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}", f"{m['examples']} test examples"
 
     def before_save(self, model) -> None:
         pass
