@@ -100,3 +100,19 @@ def test_report_renders_in_headless_chromium(comparison, tmp_path):
     assert match, dom[:500]
     rendered, total = map(int, match.groups())
     assert total >= 4 and rendered == total
+
+
+def test_a_comparison_run_again_keeps_the_runs_it_had_finished(tiny_bert, toy_csv, tmp_path):
+    """As after an interruption (no compare.json yet): finished runs of the same configuration and data
+    are kept as they are, not trained again; a changed configuration trains again."""
+    base = load_config(None, tiny_overrides(tiny_bert, toy_csv, tmp_path / "unused", "full", **{"train.epochs": 2}))
+    first = compare(base, ["freeze"], output=tmp_path / "cmp")
+    (first.dir / "compare.json").unlink()
+    written = (Path(first.rows[0]["run"]) / "metrics.json").stat().st_mtime_ns
+
+    again = compare(base, ["freeze"], output=tmp_path / "cmp")
+    assert again.rows[0]["accuracy"] == first.rows[0]["accuracy"]
+    assert (Path(again.rows[0]["run"]) / "metrics.json").stat().st_mtime_ns == written
+
+    changed = compare(load_config(base, {"freeze.l2": "1e-2", "overwrite": True}), ["freeze"], output=tmp_path / "cmp")
+    assert (Path(changed.rows[0]["run"]) / "metrics.json").stat().st_mtime_ns != written

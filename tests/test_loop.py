@@ -74,8 +74,9 @@ def test_a_stage_that_only_hurts_returns_the_incoming_weights():
     task, cfg = Classification(["a", "b"]), train_cfg(**{"train.metric": "loss"})
     first = fit(model, *loaders, task, Accelerator(), Stage("first", None, lr=0.05, epochs=10, batch_size=8), cfg, "fp32")
     trained = model.layer.weight.detach().clone()
-    # A huge rate: every validation is worse than the weights the first stage left, so they stay.
-    second = fit(model, *loaders, task, Accelerator(), Stage("second", None, lr=1e3, epochs=3, batch_size=8), cfg, "fp32")
+    # Trained toward the wrong labels: every validation is worse than the weights the first stage left, so they stay.
+    flipped = make_loader([{**item, "labels": 1 - item["labels"]} for item in data], 8, True, 0)
+    second = fit(model, flipped, loaders[1], task, Accelerator(), Stage("second", None, lr=0.05, epochs=3, batch_size=8), cfg, "fp32")
     assert second.best_step == 0 and second.best_metrics["loss"] == first.best_metrics["loss"]
     assert torch.equal(model.layer.weight, trained)
 

@@ -145,7 +145,8 @@ def plain_load(folder: Path, texts: list[str], pairs: list[str] | None = None) -
 
 @pytest.mark.parametrize("regime", ["full", "lora", "freeze"])
 def test_regression_learns_and_a_plain_load_gives_the_same_values(regime, tiny_bert, data, tmp_path):
-    extra = {"train.epochs": 40} if regime == "freeze" else {"train.epochs": 12, "train.lr": 3e-3 if regime == "full" else 1e-2}
+    # LoRA on the tiny model swings from seed to seed at a rate of 1e-2; at 5e-3 over 20 epochs it learns on every seed tried (0-3).
+    extra = {"freeze": {"train.epochs": 40}, "full": {"train.epochs": 12, "train.lr": 3e-3}, "lora": {"train.epochs": 20, "train.lr": 5e-3}}[regime]
     run = train(None, quick(tiny_bert, data["ratings"], tmp_path / "run", regime, **{"task": "regress", "data.label_column": "rating", **extra}))
     test = run.metrics["test"]
     assert set(test) >= {"rmse", "mae", "r2", "pearson", "spearman"}

@@ -326,7 +326,7 @@ def test_views_have_the_model_size_and_random_views_follow_the_seed():
 
 
 def test_grey_arrays_become_three_channel_tensors():
-    items = ImageItems([np.zeros((28, 28), np.uint8)], [0], lambda img: torch.from_numpy(np.asarray(img)).permute(2, 0, 1))
+    items = ImageItems([np.zeros((28, 28), np.uint8)], [0], lambda img, rng: torch.from_numpy(np.asarray(img)).permute(2, 0, 1))
     assert items[0]["pixel_values"].shape == (3, 28, 28) and items[0]["labels"] == 0
 
 

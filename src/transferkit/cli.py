@@ -63,10 +63,15 @@ Each export is checked on the run's test split before it is kept (the largest pr
 }
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> int | None:
     from .config import load_config
     from .report.text import BarProgress, format_forgetting
     from .runs import train
+
+    if args.processes is not None and args.processes < 1:
+        raise UserError(f"--processes must be 1 or more (got {args.processes})")
+    if (args.processes or 1) > 1 and "LOCAL_RANK" not in os.environ:
+        return launch(args.processes, args.argv)
 
     config_path, overrides = _split_config_args(args.config_and_overrides)
     flags = {
@@ -90,10 +95,14 @@ def cmd_train(args) -> None:
         flags["icl.calibrate"] = args.calibrate_mode or "auto"
     if args.overwrite:
         flags["overwrite"] = True
+    if args.resume is not None:
+        flags["train.resume"] = args.resume
     if args.trust_remote_code:
         flags["model.trust_remote_code"] = True
     cfg = load_config(config_path, overrides, flags)
     run = train(cfg, progress=BarProgress())
+    if run.worker:
+        return None  # the main process reports
     result, detail = run.task.describe(run.metrics["test"])
     where = ", ".join(filter(None, [detail, f"regime {cfg.regime}, {run.metrics['train_seconds']:.0f} s"]))
     print(f"{result}  ({where})")
@@ -530,6 +539,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed for the split, the initialisation and the batch order (default: 0)")
     p.add_argument("--output", help="run folder (default: runs/<data>-<regime>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run folder that already holds a finished run")
+    p.add_argument("--processes", type=int, help="train as this many processes, data-parallel (DDP through accelerate: gloo "
+                   "on CPUs, NCCL on GPUs), with the same global batch and data order as one; or start the command "
+                   "with accelerate launch -m transferkit train ... yourself")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_const", const="always", help="go on from the checkpoint an interrupted run "
+                        "of this configuration left in <output>.partial (the default does so too when there is one; this "
+                        "makes it an error when there is none)")
+    resume.add_argument("--no-resume", dest="resume", action="store_const", const="never",
+                        help="start over, discarding the checkpoint an interrupted run left")
     p.add_argument("--trust-remote-code", action="store_true", help="run code shipped inside the model folder")
 
     p = parsers["compare"]
@@ -645,6 +663,70 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C is: the run being built is discarded, nothing is half-written."""
 
 
+def launch(processes: int, argv: list[str]) -> int:
+    """`train --processes N`: the same command as N processes on this machine, data-parallel through
+    accelerate (DDP: gloo on CPUs, NCCL on GPUs), each with its share of the cores. The environment is
+    what `accelerate launch` / torchrun would set; process 0 speaks, the others' output is shown only
+    if one of them fails on its own. The first to fail stops the rest."""
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    import torch
+
+    rest, skip = [], False
+    for word in argv:  # the command without --processes: each process trains, none launches
+        if skip or word.startswith("--processes="):
+            skip = False
+            continue
+        skip = word == "--processes"
+        if not skip:
+            rest.append(word)
+    with socket.socket() as s:  # a free port for the processes to meet on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(processes),
+           "LOCAL_WORLD_SIZE": str(processes)}  # fmt: skip
+    if torch.cuda.is_available():
+        if processes > torch.cuda.device_count():
+            raise UserError(f"--processes {processes}: this machine has {torch.cuda.device_count()} GPUs; use at most that many")
+    else:
+        env["ACCELERATE_USE_CPU"] = "true"
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))  # no oversubscribed cores
+    logs = [tempfile.TemporaryFile() for _ in range(processes - 1)]
+    children = [
+        subprocess.Popen([sys.executable, "-m", "transferkit", *rest], env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                         stdout=None if rank == 0 else subprocess.DEVNULL, stderr=None if rank == 0 else logs[rank - 1])
+        for rank in range(processes)
+    ]  # fmt: skip
+    try:
+        while any(child.poll() is None for child in children) and not any(child.poll() for child in children):
+            time.sleep(0.2)
+        # One failed: the others most often fail the same way a moment later (bad input), and the
+        # main one says why. Those still running after a grace period are stopped.
+        deadline = time.monotonic() + 10
+        while any(child.poll() is None for child in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stopped = [child.poll() is None for child in children]
+        for child, stop in zip(children, stopped):
+            if stop:
+                child.terminate()
+        codes = [child.wait() for child in children]
+    except BaseException:
+        for child in children:
+            child.terminate()
+        raise
+    if codes[0] and not stopped[0] or not any(codes):
+        return codes[0] % 256
+    rank = next((i for i, code in enumerate(codes) if code and i), None)  # a worker failed and the main one did not say why
+    if rank is None:
+        return codes[0] % 256
+    logs[rank - 1].seek(0)
+    sys.stderr.write(logs[rank - 1].read().decode(errors="replace")[-4000:])
+    return codes[rank] % 256
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Deprecation notices from inside transformers / peft are for their developers, not our users.
@@ -668,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         # Intermixed: overrides (section.key=value) may stand before, between or after the flags.
         args = parser.commands[argv[0]].parse_intermixed_args(argv[1:])
-        args.command = argv[0]
+        args.command, args.argv = argv[0], argv
         code = COMMANDS[args.command][0](args) or 0
         sys.stdout.flush()
         return code
@@ -676,10 +758,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {printable(str(e))}", file=sys.stderr)
         return 2
     except Terminated:
-        print("terminated; nothing was half-written (the run being built was removed)", file=sys.stderr)
+        print("terminated; nothing was half-written", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("interrupted; nothing was half-written (the run being built was removed)", file=sys.stderr)
+        print("interrupted; nothing was half-written", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (| head): stop quietly, as other command-line tools do.

@@ -70,6 +70,10 @@ def compare(
     plans = [(r, n, s) for n in train_sizes for r in regimes for s in seeds]
     configs = [_run_config(base, out, regime, size, seed) for regime, size, seed in plans]  # checks every config first
     task = _check_inputs(base)  # bad data or a bad model stops here, before any folder is made
+    # Run again after an interruption, a comparison keeps the runs it had finished (the same
+    # configuration and data), and the one it was in goes on from its checkpoint (train.resume);
+    # --overwrite of a finished comparison runs everything again.
+    reuse = not folders.is_finished_comparison(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -92,7 +96,7 @@ def compare(
                 row["tuned"] = result.tuned[regime]
             on_run(i, len(plans), row)
             try:
-                row.update(_measure(cfg, f"[{i}/{len(plans)}] {regime}" if bars else None))
+                row.update(_measure(cfg, f"[{i}/{len(plans)}] {regime}" if bars else None, reuse))
             except UserError as e:  # one regime failing (a NaN loss, say) should not lose the others
                 row["error"] = str(e)
             result.rows.append(row)
@@ -162,9 +166,9 @@ def _run_config(base: RunConfig, out: Path, regime: str, size: int | None, seed:
     return load_config(base, overrides)
 
 
-def _measure(cfg: RunConfig, bar_prefix: str | None = None) -> dict:
+def _measure(cfg: RunConfig, bar_prefix: str | None = None, reuse: bool = False) -> dict:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        metrics = pool.apply(_train_in_child, (cfg, bar_prefix))
+        metrics = pool.apply(_train_in_child, (cfg, bar_prefix, reuse))
     examples = sum(s["examples"] for s in metrics["stages"])  # as trained (early stopping included); icl: 0
     row = {key: metrics["test"][key] for key, _, _ in metrics["columns"] if key in metrics["test"]}
     row |= _forgetting(metrics.get("forgetting"))
@@ -190,7 +194,7 @@ def _forgetting(f: dict | None) -> dict:
     return {row_key: f[key] for key, row_key in keys.items() if f.get(key) is not None}
 
 
-def _train_in_child(cfg: RunConfig, bar_prefix: str | None) -> dict:
+def _train_in_child(cfg: RunConfig, bar_prefix: str | None, reuse: bool = False) -> dict:
     import warnings
 
     from .report.text import BarProgress
@@ -198,10 +202,12 @@ def _train_in_child(cfg: RunConfig, bar_prefix: str | None) -> dict:
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # as the CLI does: library deprecations are noise here
 
-    metrics = train(cfg, progress=BarProgress(bar_prefix) if bar_prefix is not None else None).metrics
-    # Read again after train() returns: the run's own figure was taken before saving the model and
-    # drawing its report, which are part of what the run cost too.
-    metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    run = train(cfg, progress=BarProgress(bar_prefix) if bar_prefix is not None else None, reuse=reuse)
+    metrics = run.metrics
+    if not run.reused:
+        # Read again after train() returns: the run's own figure was taken before saving the model and
+        # drawing its report, which are part of what the run cost too.
+        metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return metrics
 
 

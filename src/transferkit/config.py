@@ -137,6 +137,16 @@ class TrainConfig:
     l2sp: float = 0.0
     """Pull toward the pre-trained weights: adds l2sp * (w - w_pretrained) to each trainable weight's
     gradient (L2-SP, Li et al. 2018), a penalty against forgetting. 0: off."""
+    checkpoint_minutes: float | None = 5.0
+    """Save a checkpoint (into the run's .partial folder) this often while training, and at the end of
+    each stage; a checkpoint that takes long is taken less often, so that saving costs at most 1/40 of
+    the time. Empty or 0: only at the end of each stage. See train.resume."""
+    checkpoint_every_steps: int | None = None
+    """Also save a checkpoint every this many optimizer steps."""
+    resume: str = "auto"
+    """After an interruption: auto (go on from the run's last checkpoint when it belongs to the same
+    configuration and data; refuse another's), always (--resume: as auto, and it is an error when there
+    is no checkpoint) or never (--no-resume: discard it and start over)."""
     report_to: list[str] | None = None
     """Experiment trackers that follow the run, through accelerate's: tensorboard (event files in the run
     folder's tensorboard/), trackio, mlflow, wandb; several comma-separated. Empty or none: no tracker.
@@ -150,7 +160,11 @@ class TrainConfig:
             raise UserError(f"train.lr must be a positive number or suggested (got '{self.lr}'); try 1e-4")
         if self.lr is not None and not isinstance(self.lr, str) and not self.lr > 0:
             raise UserError(f"train.lr must be positive (got {self.lr}); try 1e-4")
-        for key in ("epochs", "max_steps", "batch_size", "micro_batch_size", "eval_every_steps"):
+        if self.resume not in ("auto", "always", "never"):
+            raise UserError(f"train.resume must be auto, always or never (got '{self.resume}')")
+        if self.checkpoint_minutes is not None and not self.checkpoint_minutes >= 0:
+            raise UserError(f"train.checkpoint_minutes must be 0 or more (got {self.checkpoint_minutes}); 0 saves only between stages")
+        for key in ("epochs", "max_steps", "batch_size", "micro_batch_size", "eval_every_steps", "checkpoint_every_steps"):
             if getattr(self, key) is not None:
                 _check_positive(f"train.{key}", getattr(self, key))
         if self.min_steps is not None and (isinstance(self.min_steps, bool) or not isinstance(self.min_steps, int) or self.min_steps < 0):

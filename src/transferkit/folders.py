@@ -199,8 +199,9 @@ def _staging_is_ours(staging: Path) -> bool:
             or _first_line(staging / "tune.yaml") == SEARCH_HEADER)
 
 
-def start_staging(run_dir: Path) -> tuple[Path, Lock]:
-    """The staging folder beside `run_dir`, locked, empty of anything a dead earlier run left in it."""
+def start_staging(run_dir: Path, keep: Callable[[Path], bool] = lambda entry: False) -> tuple[Path, Lock]:
+    """The staging folder beside `run_dir`, locked, empty of anything a dead earlier run left in it
+    but what `keep` says (the checkpoint a resumed run goes on from)."""
     staging = run_dir.with_name(run_dir.name + ".partial")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -210,7 +211,7 @@ def start_staging(run_dir: Path) -> tuple[Path, Lock]:
             raise UserError(f"'{staging}' exists and was not written by transferkit; move it away or choose another --output") from None
     lock = Lock(staging, run_dir)
     for entry in staging.iterdir():  # left by a run that died: ours, and no process holds it any more
-        if entry.name != LOCK:
+        if entry.name != LOCK and not keep(entry):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     return staging, lock
 

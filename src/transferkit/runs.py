@@ -4,6 +4,8 @@
         config.yaml      the resolved configuration (every default filled in)
         metrics.jsonl    one JSON line per optimizer step (validation metrics where it validated)
         metrics.json     final test metrics and costs; its presence marks the run as finished
+    runs/<name>.partial/ the run while it is built; after an interruption, its last checkpoint
+                     (training/checkpoint.py), from which the same command goes on
         model/           a Hugging Face model folder, or a PEFT adapter folder with the head; task.json
         report.html      the run's report
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 import json
 import random
 import resource
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -25,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs
 
 from . import card, folders, tasks, tracking
 from .config import RunConfig, load_config
@@ -37,8 +42,9 @@ from .methods import REGIMES, check_fit, resolve_defaults
 from .models import kind_of, load_model
 from .report.html import read_log, run_report
 from .tasks.sequence import eval_loader
+from .training import checkpoint
 from .training.features import HeadOnFeatures, cache_features
-from .training.loop import Diverged, Hooks, Progress, fit
+from .training.loop import Checkpoints, Diverged, Hooks, Progress, fit
 from .training.probe import fit_probe
 
 
@@ -51,6 +57,11 @@ class Run:
     metrics: dict
     task: object = None
     """The run's task (tasks/): it says how to read the metrics (`task.describe`)."""
+    reused: bool = False
+    """Found finished in its folder (train(reuse=True)), not trained by this call."""
+    worker: bool = False
+    """Trained as one of several processes, not the main one: the main one wrote the folder and has
+    the metrics (these are empty)."""
 
     @property
     def model_dir(self) -> Path:
@@ -86,6 +97,7 @@ def train(
     progress: Progress | None = None,
     on_log: Callable[[dict], None] | None = None,
     trial: bool = False,
+    reuse: bool = False,
 ) -> Run:
     """Fine-tune a model as `config` says and write the run folder.
 
@@ -97,6 +109,8 @@ def train(
             validation curve; what it raises ends the run, and the half-built folder is removed).
         trial: a search trial: the test split is neither encoded nor scored (a search must never
             see it), and no model or report is written: config.yaml, metrics.jsonl, metrics.json.
+        reuse: when the run folder already holds a finished run of this same configuration and data,
+            return it instead of training again (a comparison that is run again after an interruption).
 
     Returns:
         The finished Run: its folder, resolved config and metrics.
@@ -105,15 +119,24 @@ def train(
         UserError: bad input (found before anything is written, so an existing run folder is
             untouched), or a loss that became NaN (the last good weights are saved first).
     """
+    processes = _processes()
+    if not processes.is_main_process:
+        return _train_as_worker(prepare(config, overrides, Progress(), check_output=False), on_log, trial)
     progress = progress or Progress()
-    setup = prepare(config, overrides, progress)
+    # Checkpoints hold one process's RNG states: a run of several processes takes none (see README).
+    setup = prepare(config, overrides, progress, resumable=not trial and processes.num_processes == 1)
     cfg, model, task = setup.cfg, setup.model, setup.task
+    if reuse and (finished := _same_finished_run(setup)):
+        progress.note(f"{cfg.run_dir} already holds a finished run of this configuration and data: kept, not run again")
+        return finished
 
     # Everything above only reads. The run is built in a staging folder and swapped in at the end.
-    staging, lock = folders.start_staging(cfg.run_dir)
+    keep = checkpoint.is_checkpoint_file if setup.resumed else (lambda entry: False)
+    staging, lock = folders.start_staging(cfg.run_dir, keep)
     try:
         metrics, cfg = _train_into(staging, setup, progress, on_log, trial)
     except Diverged as e:
+        checkpoint.remove(staging)
         folders.save_model(model, staging / "model")
         folders.write_text(staging / "failure.json", json.dumps({"error": str(e), "stage": e.stage, "step": e.step, "lr": e.lr}))
         kept = folders.publish_failed(staging, cfg.run_dir, lock)
@@ -121,10 +144,34 @@ def train(
             f"training stopped: {e}; the last good weights are in {kept / 'model'}; lower train.lr (it was {e.lr:g})"
         ) from None
     except BaseException:
-        folders.discard_staging(staging, lock)
+        if not checkpoint.exists(staging):
+            folders.discard_staging(staging, lock)
+            raise
+        lock.release()  # interrupted or failed after a checkpoint: it stays, for the same command to go on from
+        progress.note(f"the run stopped; its last checkpoint is in {staging}: run the same command again to go on from it")
         raise
     folders.publish(staging, cfg.run_dir, lock)
     return Run(cfg.run_dir, cfg, metrics, task)
+
+
+def _processes() -> PartialState:
+    """This process's place among those `train --processes N` or `accelerate launch` started (alone: 0 of 1)."""
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def _train_as_worker(setup: Setup, on_log, trial: bool) -> Run:
+    """Every process runs the whole recipe, on its share of each batch (the same steps, in step);
+    only the main one's folder is kept. The others build theirs in a temporary folder, deleted after."""
+    staging = Path(tempfile.mkdtemp(prefix="transferkit-worker-"))
+    try:
+        _train_into(staging, setup, Progress(), on_log, trial)
+    except Diverged:
+        pass  # every process sees the same loss: the main one reports it and keeps the last good weights
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Run(setup.cfg.run_dir, setup.cfg, {}, setup.task, worker=True)
 
 
 @dataclass
@@ -137,11 +184,16 @@ class Setup:
     regime: object
     splits: Splits
     stages: list
+    record: dict | None = None
+    """The configuration and data (a hash) a checkpoint of this run belongs to; None: no checkpoints."""
+    resumed: checkpoint.Resumed | None = None
+    """The checkpoint the run goes on from."""
 
 
-def prepare(config, overrides=None, progress: Progress | None = None, check_output: bool = True) -> Setup:
+def prepare(config, overrides=None, progress: Progress | None = None, check_output: bool = True, resumable: bool = False) -> Setup:
     """Read the config and data, load the model, check that they fit and resolve the regime's defaults
-    (config.yaml keeps the values used, whatever later defaults become). Writes nothing."""
+    (config.yaml keeps the values used, whatever later defaults become). `resumable`: a run that takes
+    checkpoints; finds the one to go on from (train.resume). Writes nothing."""
     progress = progress or Progress()
     cfg = config if isinstance(config, RunConfig) and not overrides else load_config(config, overrides)
     cfg = cfg.with_dataset_defaults()
@@ -169,7 +221,15 @@ def prepare(config, overrides=None, progress: Progress | None = None, check_outp
             raise UserError(f"batch size {stage.batch_size} is not a multiple of train.micro_batch_size ({micro}); change one")
     if cfg.train.lr == "suggested":
         _range_test_stage(cfg, stages)  # checks that there is a rate to find
-    return Setup(cfg, model, task, regime, splits, stages)
+    setup = Setup(cfg, model, task, regime, splits, stages)
+    if resumable:
+        setup.record = {"config": json.loads(json.dumps(cfg.to_dict(), default=str)), "data": checkpoint.fingerprint(splits)}
+        staging = cfg.run_dir.with_name(cfg.run_dir.name + ".partial")
+        setup.resumed = checkpoint.find(staging, setup.record["config"], setup.record["data"], cfg.train.resume)
+        if setup.resumed:
+            progress.note(f"resuming from the checkpoint at {setup.resumed.describe} in {staging}: it belongs to this same "
+                          "configuration and data (pass --no-resume to start over)")  # fmt: skip
+    return setup
 
 
 SMALL_VALIDATION = 50  # fewer examples than this, and one of them moves a validation metric by over 2 points
@@ -216,7 +276,11 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
     """Every stage through the loop, then test and save; returns the final metrics and the config as run
     (with train.lr=suggested, the rate the range test found)."""
     cfg, model, task, regime, splits, stages = setup.cfg, setup.model, setup.task, setup.regime, setup.splits, setup.stages
-    accelerator = Accelerator(**tracking.accelerator_options(cfg.train.report_to, staging))
+    options = tracking.accelerator_options(cfg.train.report_to, staging)
+    if _processes().num_processes > 1:
+        # Parameters a head leaves unused (BERT's pooler under a token-tagging head) would stall DDP.
+        options["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    accelerator = Accelerator(**options)
     precision = resolve_precision(cfg.train.precision, accelerator.device)
     ctx = tasks.Context(cfg, accelerator, precision, progress)
     model.to(accelerator.device)
@@ -245,7 +309,24 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
     if (cfg.train.metric or task.metric) == "loss+general":
         hooks.extra_validation = general_validation(cfg, model, accelerator, precision)
     features, summary = None, {"stages": []}
-    with open(staging / "metrics.jsonl", "w") as log_file:
+    resumed = setup.resumed
+    checkpoints = None
+    if setup.record is not None:
+        t = cfg.train
+        checkpoints = checkpoint.RunCheckpoints(staging, setup.record["config"], setup.record["data"], t.checkpoint_every_steps,
+                                                t.checkpoint_minutes, resumed)  # fmt: skip
+
+    def cached_features() -> tuple[dict, float]:
+        """The frozen backbone's features: from the checkpoint when a resumed run has them, else computed (and kept)."""
+        stored = checkpoints.features() if checkpoints else None
+        if stored is not None:
+            return stored, summary.get("cache_seconds", 0.0)
+        computed, seconds = _cache_features(model, items, ctx)
+        if checkpoints:
+            checkpoints.save_features(computed)
+        return computed, seconds
+
+    with _open_log(staging / "metrics.jsonl", resumed) as log_file:
         def log(record: dict) -> None:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()  # a run followed live (tail -f, a search's pruner) sees each step as it ends
@@ -257,18 +338,39 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
             on_log(record)
 
         hooks.log = log_and_watch if on_log else fed
-        for stage in stages:
-            stage.apply(model)
-            if stage.cached and features is None:
-                features, summary["cache_seconds"] = _cache_features(model, items, ctx)
+        if checkpoints:
+            checkpoints.log_file = log_file
+        if resumed:
+            summary = resumed.state["summary"]
+        for index, stage in enumerate(stages):
+            stage.apply(model)  # every stage's, in order, finished or not: the model's structure as it was
+            if resumed and index < resumed.stage:
+                continue  # finished before the interruption: its weights are in the checkpoint
+            if resumed and index == resumed.stage:
+                checkpoints.restore_weights(model)
+            computed = stage.cached and features is None
+            if computed:
+                features, summary["cache_seconds"] = cached_features()
             trainee, data = (HeadOnFeatures(model), features) if stage.cached else (model, items)
             micro = cfg.train.micro_batch_size or stage.batch_size
             train_loader = make_loader(data["train"], micro, True, cfg.train.seed, model.pad_id)
             solve = SOLVERS[stage.solver]
+            if checkpoints:
+                checkpoints.begin_stage(index, model, summary)
+                checkpoints.stage_ready(worth_saving=index > 0 or computed)
+            hooks.checkpoints = checkpoints or Checkpoints()
             result = solve(trainee, train_loader, eval_loader(data["validation"], model.pad_id), task, accelerator, stage, cfg.train, precision, hooks)
-            summary["stages"].append(_stage_summary(stage, result, trainee))
+            summary["stages"].append(_stage_summary(stage, result, trainee, _ceiling(precision, accelerator)))
+        if checkpoints and stages:
+            if resumed and resumed.stage >= len(stages):  # every stage had finished: the test is what was left
+                checkpoints.restore_weights(model)
+            else:
+                checkpoints.training_done()
+            checkpoints.testing(len(stages))
     # The test set goes through the same path as training did last: the cache for a head-only
     # regime (so the backbone still runs only once), the whole model otherwise.
+    if stages and stages[-1].cached and features is None:
+        features, _ = cached_features()
     final_model, final_items = (HeadOnFeatures(model), features) if stages and stages[-1].cached else (model, items)
     chosen = task.after_training(final_model, final_items["validation"], ctx)
     train_seconds = time.perf_counter() - started
@@ -294,6 +396,7 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
         "data": {
             "name": cfg.data.name,
             **{n: len(getattr(splits, n)) for n in ("train", "validation", "test")},
+            "fingerprint": setup.record["data"] if setup.record else None,  # a hash of every split's inputs and targets
             "skipped_files": splits.skipped,
             "notes": notes,
         },
@@ -308,15 +411,44 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if accelerator.device.type == "cuda" else None,
         "precision": precision,
         "model_size_mb": folders.folder_size(staging / "model") / 2**20,
+        # What checkpointing cost this process (a resumed run: since it resumed).
+        "checkpoints": {"written": checkpoints.written, "seconds": checkpoints.seconds, "resumed_from": resumed.describe if resumed else None}
+        if checkpoints else None,
         **({"chosen_on_validation": chosen} if chosen else {}),
         **summary,
         **extra,
     }
+    checkpoint.remove(staging)  # before metrics.json, which marks the run finished
     folders.write_text(staging / "metrics.json", json.dumps(metrics, indent=2))
     folders.write_text(staging / "report.html", run_report(metrics, read_log(staging), (staging / "config.yaml").read_text()))
     card.write_model_card(staging, cfg, metrics)
     trackers.finish(metrics)
     return metrics, cfg
+
+
+def _same_finished_run(setup: Setup) -> Run | None:
+    run_dir = setup.cfg.run_dir
+    if not folders.is_finished(run_dir) or not folders.is_run(run_dir):
+        return None
+    try:
+        then = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if checkpoint.differences(then, setup.record["config"]) or metrics.get("data", {}).get("fingerprint") != setup.record["data"]:
+        return None
+    return Run(run_dir, setup.cfg, metrics, setup.task, reused=True)
+
+
+def _open_log(path: Path, resumed):
+    """metrics.jsonl: new, or for a resumed run cut back to where its checkpoint was taken (the steps
+    after it are trained again and logged again)."""
+    if resumed is None:
+        return open(path, "w")
+    log = open(path, "r+")
+    log.seek(resumed.state["log_bytes"])
+    log.truncate()
+    return log
 
 
 class _Saved:
@@ -406,7 +538,20 @@ def _cache_features(model, items: dict, ctx) -> tuple[dict, float]:
     return features, time.perf_counter() - started
 
 
-def _stage_summary(stage, result, trainee) -> dict:
+def _ceiling(precision: str, accelerator) -> dict | None:
+    from .training.throughput import ceiling
+
+    try:
+        return ceiling(precision, accelerator.device.type)
+    except Exception:  # noqa: BLE001  (a figure for the record: never a reason for a run to fail)
+        return None
+
+
+def _stage_summary(stage, result, trainee, ceiling: dict | None) -> dict:
+    from .training.throughput import model_flops
+
+    looped = result.solver == "adam" and result.tokens
+    flops_per_second = model_flops(trainee, result.tokens) / max(result.step_seconds, 1e-9) if looped else None
     return {
         "name": stage.name,
         "solver": result.solver,
@@ -417,6 +562,13 @@ def _stage_summary(stage, result, trainee) -> dict:
         "examples": result.examples,
         "seconds": result.seconds,
         "examples_per_second": result.examples / max(result.seconds, 1e-9),
+        "tokens": result.tokens,
+        "tokens_per_second": result.tokens / max(result.step_seconds, 1e-9) if looped else None,
+        "step_seconds": result.step_seconds,
+        # Model FLOPs per second over the machine's matmul ceiling (training/throughput.py says how both are counted).
+        "model_gflops_per_second": flops_per_second / 1e9 if flops_per_second else None,
+        "ceiling": ceiling,
+        "ceiling_share": flops_per_second / 1e9 / ceiling["gflops"] if flops_per_second and ceiling else None,
         "stopped_early": result.stopped_early,
         "best_step": result.best_step,
         "best_validation": {k: v for k, v in result.best_metrics.items() if isinstance(v, float)},

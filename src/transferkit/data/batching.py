@@ -13,14 +13,23 @@ class LengthGroupedBatches(Sampler[list[int]]):
 
     Shuffles, cuts the order into chunks of 50 batches, sorts each chunk by length, then
     shuffles the batches. A new, seeded order every epoch; the same seed gives the same orders.
+    An epoch's order depends on nothing but (seed, epoch), so a resumed run can pick up in the
+    middle of one: `set_epoch(e)` (as accelerate calls it, and torch's DistributedSampler takes it)
+    and `skip` (batches of the next epoch to leave out, once).
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0):
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0, on_epoch=None):
         self.lengths, self.batch_size, self.shuffle, self.seed = lengths, batch_size, shuffle, seed
-        self.epoch = 0
+        self.epoch, self.skip = 0, 0
+        self.on_epoch = on_epoch  # told each epoch's number as it starts (items that augment at random)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __iter__(self):
         order = list(range(len(self.lengths)))
+        if self.on_epoch:
+            self.on_epoch(self.epoch)
         if self.shuffle:
             rng = random.Random(self.seed + self.epoch)
             self.epoch += 1
@@ -32,7 +41,8 @@ class LengthGroupedBatches(Sampler[list[int]]):
         batches = [grouped[i : i + self.batch_size] for i in range(0, len(grouped), self.batch_size)]
         if self.shuffle:
             rng.shuffle(batches)
-        yield from batches
+        skip, self.skip = self.skip, 0
+        yield from batches[skip:]
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
@@ -75,5 +85,7 @@ def make_loader(items, batch_size: int, shuffle: bool, seed: int, pad_id: int = 
     `lengths` to group by, and every item counts as the same length.
     """
     lengths = getattr(items, "lengths", None) or [len(item["input_ids"]) if "input_ids" in item else 1 for item in items]
-    sampler = LengthGroupedBatches(lengths, batch_size, shuffle, seed)
-    return DataLoader(items, batch_sampler=sampler, collate_fn=collate(pad_id))
+    sampler = LengthGroupedBatches(lengths, batch_size, shuffle, seed, on_epoch=getattr(items, "set_epoch", None))
+    # A generator of its own: otherwise each epoch's start draws a worker seed from the global RNG,
+    # which dropout also draws from, and a run resumed mid-epoch would see other dropout masks.
+    return DataLoader(items, batch_sampler=sampler, collate_fn=collate(pad_id), generator=torch.Generator().manual_seed(seed))

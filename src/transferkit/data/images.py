@@ -131,17 +131,25 @@ class ImageItems(torch.utils.data.Dataset):
 
     Made lazily so that random augmentation differs every epoch and a large data set is never
     held decoded in memory. `lengths` tells `make_loader` that every item has the same size.
+    `transform(img, rng)` gets a random.Random drawn from (seed, epoch, index) when `seed` is given
+    (training views), None otherwise: an item's view depends on nothing else, so it is the same
+    whenever it is made (ahead of time by a prefetching loader, or again after a resume).
     """
 
-    def __init__(self, inputs: list, labels: list[int] | None, transform):
-        self.inputs, self.labels, self.transform = inputs, labels, transform
+    def __init__(self, inputs: list, labels: list[int] | None, transform, seed: int | None = None):
+        self.inputs, self.labels, self.transform, self.seed = inputs, labels, transform, seed
         self.lengths = [1] * len(inputs)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def __getitem__(self, i: int) -> dict:
-        item = {"pixel_values": self.transform(open_rgb(self.inputs[i]))}
+        rng = None if self.seed is None else random.Random(f"{self.seed}:{self.epoch}:{i}")
+        item = {"pixel_values": self.transform(open_rgb(self.inputs[i]), rng)}
         if self.labels is not None:
             item["labels"] = self.labels[i]
         return item

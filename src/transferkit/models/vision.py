@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -171,11 +170,12 @@ class ImageClassifier(nn.Module):
         """Loader items made on access: a random crop and flip for training, the center crop otherwise."""
         c = self.config
         if train:
-            rng = random.Random(torch.initial_seed())  # the run's seed: same seed, same crops
-            view = lambda img: random_resized_crop(img, c.image_size, rng)  # noqa: E731
+            view = lambda img, rng: random_resized_crop(img, c.image_size, rng)  # noqa: E731
         else:
-            view = lambda img: resize_center_crop(img, c.image_size, c.crop_fraction)  # noqa: E731
-        return ImageItems(list(examples.inputs), targets, lambda img: to_tensor(view(img), c.mean, c.std))
+            view = lambda img, rng: resize_center_crop(img, c.image_size, c.crop_fraction)  # noqa: E731
+        # The run's seed: same seed, same crops.
+        seed = torch.initial_seed() if train else None
+        return ImageItems(list(examples.inputs), targets, lambda img, rng: to_tensor(view(img, rng), c.mean, c.std), seed)
 
     def add_adapter(self, peft_config) -> None:
         from peft import get_peft_model

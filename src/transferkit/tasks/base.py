@@ -100,3 +100,15 @@ def write_task_file(task: Task, folder: Path) -> None:
     import json
 
     (folder / TASK_FILE).write_text(json.dumps({"task": task.name, **task.state()}, indent=2))
+
+
+def merge_states(states: list):
+    """One metric state from those several processes accumulated over their shares of a split: counts
+    (a tensor: the confusion matrix, token sums) add up; lists of per-batch parts join, component by
+    component. A task whose state is neither has its own `merge_states`."""
+    first = states[0]
+    if isinstance(first, torch.Tensor):
+        return sum(states[1:], first.clone())
+    if isinstance(first, list):
+        return [[part for state in states for part in state[i]] for i in range(len(first))]
+    raise TypeError(f"no way to merge metric states of type {type(first).__name__}: give the task a merge_states")

@@ -149,6 +149,17 @@ class QuestionAnswering:
             entry[0] += [(score, int(offsets[s, 0]), int(offsets[e, 1])) for score, s, e in found]
             entry[1] = min(entry[1], float(row[0, 0] + row[0, 1]))
 
+    def merge_states(self, states: list[dict]) -> dict:
+        """The windows of one question may have been scored by different processes: their candidates join,
+        and the lowest [CLS] score is kept."""
+        merged: dict = {}
+        for state in states:
+            for key, (candidates, null) in state.items():
+                entry = merged.setdefault(key, [[], math.inf])
+                entry[0] += candidates
+                entry[1] = min(entry[1], null)
+        return merged
+
     def _window(self, window: int):
         if window < 0:
             raise AssertionError("training windows are never scored")

@@ -1,5 +1,6 @@
 """The one training loop every regime runs through: accumulate, clip, step, schedule, validate,
-stop early, restore the best weights."""
+stop early, restore the best weights; and hand its state to a checkpoint between two steps, or take
+it back from one (training/checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,11 @@ class Diverged(Exception):
 class FitResult:
     steps: int = 0
     examples: int = 0
+    tokens: int | None = 0
+    """Input positions trained on (padding excluded; one per cached feature vector); None for images."""
     seconds: float = 0.0
+    step_seconds: float = 0.0
+    """Of `seconds`, the optimizer steps' (forward, backward, update): no data loading, no validation."""
     best_step: int = 0
     best_metrics: dict = field(default_factory=dict)
     stopped_early: bool = False
@@ -45,6 +50,38 @@ class Progress:
     def note(self, message: str) -> None: ...
 
 
+@dataclass
+class LoopState:
+    """Where a stage's loop stands between two optimizer steps: all it needs to go on exactly as if
+    it had never stopped (with the RNG states, which the checkpoint takes itself). The position in
+    the data follows from `steps`: every epoch's batch order depends only on (seed, epoch)."""
+
+    steps: int
+    examples: int
+    seconds: float
+    optimizer: dict
+    scheduler: dict
+    best: dict
+    """_Best.state_dict(): the early-stopping record; its weights are in `best_weights`."""
+    best_weights: dict[str, torch.Tensor]
+    tokens: int | None = 0
+    step_seconds: float = 0.0
+
+
+class Checkpoints:
+    """Where the loop saves its state and finds it again. This default keeps nothing (a search's
+    trials, an LR range test); runs use training/checkpoint.py's."""
+
+    def due(self, step: int) -> bool:
+        return False
+
+    def save(self, state: LoopState) -> None: ...
+
+    def resume(self) -> LoopState | None:
+        """The state to go on from (restoring the RNGs as it was saved), or None to start the stage."""
+        return None
+
+
 def autocast(accelerator: Accelerator, precision: str):
     if precision != "bf16":
         return nullcontext()
@@ -59,6 +96,7 @@ class Hooks:
     progress: Progress = field(default_factory=Progress)
     extra_validation: Callable[[nn.Module], dict] | None = None
     """Adds metrics to each validation (the general-text loss of metric loss+general)."""
+    checkpoints: Checkpoints = field(default_factory=Checkpoints)
 
 
 def fit(model: nn.Module, train_loader: Iterable[dict], val_loader: Iterable[dict], task, accelerator: Accelerator,
@@ -80,8 +118,10 @@ def fit(model: nn.Module, train_loader: Iterable[dict], val_loader: Iterable[dic
 
     optimizer = torch.optim.AdamW(param_groups(model, stage.lr, cfg.weight_decay, stage.layer_decay), lr=stage.lr)
     scheduler = schedule(optimizer, total_steps, int(cfg.warmup_ratio * total_steps), cfg.schedule)
-    raw_model = model
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    raw_model, sampler = model, train_loader.batch_sampler
+    # The loader is not handed to accelerate: every process reads the same global batches (the
+    # same order whatever the number of processes) and trains on its share of each (_share).
+    model, optimizer = accelerator.prepare(model, optimizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
     # L2-SP: the weights as this stage found them (pre-trained, for a one-stage regime) anchor the penalty.
     anchors = [p.detach().clone() for p in trainable] if cfg.l2sp else []
@@ -91,18 +131,35 @@ def fit(model: nn.Module, train_loader: Iterable[dict], val_loader: Iterable[dic
         return (val | hooks.extra_validation(model)) if hooks.extra_validation else val
 
     result = FitResult()
-    # Validated before the first step: a stage that only makes things worse hands back the
-    # weights it was given (the previous stage's best), not its own least bad ones.
     # Patience counts only after min_steps: early validations (a fresh head, a small validation split)
     # are noisy, and stopping on them stops a run before it learns.
     min_steps = cfg.min_steps if cfg.min_steps is not None else total_steps // 3
-    best = _Best(raw_model, cfg.metric or task.metric, cfg.patience, validate(), min_steps)
+    metric = cfg.metric or task.metric
+    resumed = hooks.checkpoints.resume()
+    if resumed is None:
+        # Validated before the first step: a stage that only makes things worse hands back the
+        # weights it was given (the previous stage's best), not its own least bad ones.
+        best = _Best(raw_model, metric, cfg.patience, validate(), min_steps)
+    else:
+        best = _Best.from_state(metric, cfg.patience, min_steps, resumed.best, resumed.best_weights)
+        optimizer.load_state_dict(resumed.optimizer)
+        scheduler.load_state_dict(resumed.scheduler)
+        result.steps, result.examples, result.tokens, result.step_seconds = resumed.steps, resumed.examples, resumed.tokens, resumed.step_seconds
+        # Pick the data up where it stopped: the epoch's order again, less the batches already trained on.
+        sampler.set_epoch(result.steps // steps_per_epoch)
+        sampler.skip = (result.steps % steps_per_epoch) * accumulation
+    # Gradients an earlier stage left on these parameters (an L-BFGS head's last evaluation) would
+    # add to this stage's first step.
+    optimizer.zero_grad(set_to_none=True)
     progress.start(stage.name, total_steps)
-    started = time.perf_counter()
+    if result.steps:
+        progress.step(result.steps)
+    started = time.perf_counter() - (resumed.seconds if resumed else 0.0)
     try:
         while result.steps < total_steps and not result.stopped_early:
             model.train()
             for group in _groups(train_loader, accumulation):
+                step_started = time.perf_counter()
                 loss, count = _accumulate(model, group, task, accelerator, precision)
                 if not math.isfinite(loss):
                     raise Diverged(stage.name, result.steps + 1, stage.lr)
@@ -114,8 +171,10 @@ def fit(model: nn.Module, train_loader: Iterable[dict], val_loader: Iterable[dic
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                result.step_seconds += time.perf_counter() - step_started
                 result.steps += 1
                 result.examples += count
+                result.tokens = _positions(group, result.tokens)
                 record = {"stage": stage.name, "step": result.steps, "loss": loss, "lr": scheduler.get_last_lr()[0]}
                 if result.steps % eval_every == 0 or result.steps == total_steps:
                     val = validate()
@@ -125,6 +184,9 @@ def fit(model: nn.Module, train_loader: Iterable[dict], val_loader: Iterable[dic
                 progress.step(**{k: v for k, v in record.items() if k in ("loss", "val_accuracy", "val_perplexity")})
                 if result.steps >= total_steps or result.stopped_early:
                     break
+                if hooks.checkpoints.due(result.steps):
+                    hooks.checkpoints.save(LoopState(result.steps, result.examples, time.perf_counter() - started, optimizer.state_dict(),
+                                                     scheduler.state_dict(), best.state_dict(), best.state, result.tokens, result.step_seconds))  # fmt: skip
     finally:
         # On success and on divergence alike, the model leaves with its best validated weights.
         progress.close()
@@ -138,19 +200,50 @@ def _accumulate(model: nn.Module, group: list[dict], task, accelerator: Accelera
     """Forward and backward over the micro-batches of one optimizer step; (loss, example count).
 
     Each micro-batch's summed loss is divided by the count of the whole group, so the gradient
-    equals that of one large batch, however the examples are split.
+    equals that of one large batch, however the examples are split: into micro-batches, and
+    across processes (each trains on its share of every micro-batch; DDP averages the gradients,
+    so each share's loss is scaled by the number of processes).
     """
-    count = sum(task.count(batch) for batch in group)
+    count = sum(task.count(batch) for batch in group)  # the whole step's, over every process
+    processes = accelerator.num_processes
     total = 0.0
-    for batch in group:
-        with autocast(accelerator, precision):
-            logits = model(**_inputs(batch))
-        loss = task.loss_sum(logits, batch) / count
-        accelerator.backward(loss)
+    for i, batch in enumerate(group):
+        share, weight = _share(batch, accelerator.process_index, processes)
+        share = {k: v.to(accelerator.device) for k, v in share.items()}
+        last = i == len(group) - 1  # gradients are exchanged between processes once per step
+        with nullcontext() if last else accelerator.no_sync(model):
+            with autocast(accelerator, precision):
+                logits = model(**_inputs(share))
+            loss = task.loss_sum(logits, share) / count
+            if processes > 1:
+                loss = loss * (weight * processes)
+            accelerator.backward(loss)
         # .item() syncs with the device: free on a CPU, and it catches a NaN at the step it
         # appears, before the optimizer writes it into the weights.
-        total += loss.item()
+        total += loss.item() / processes
+    if processes > 1:  # every process sees the whole step's loss (and stops together on a NaN)
+        total = accelerator.reduce(torch.tensor(total, dtype=torch.float64), "sum").item()
     return total, count
+
+
+def _positions(group: list[dict], so_far: int | None) -> int | None:
+    if so_far is None or "pixel_values" in group[0]:
+        return None  # a convolution's work is not per position
+    if "attention_mask" in group[0]:
+        return so_far + sum(int(b["attention_mask"].sum()) for b in group)
+    return so_far + sum(len(next(iter(b.values()))) for b in group)
+
+
+def _share(batch: dict, rank: int, processes: int) -> tuple[dict, float]:
+    """This process's examples of a batch (every `processes`-th, from `rank`) and their weight: a
+    process left with none (a last batch smaller than the processes) runs one at weight 0, so that
+    it still joins the gradient exchange."""
+    if processes == 1:
+        return batch, 1.0
+    size = len(next(iter(batch.values())))
+    if rank < size:
+        return {k: v[rank::processes] for k, v in batch.items()}, 1.0
+    return {k: v[:1] for k, v in batch.items()}, 0.0
 
 
 class _Best:
@@ -160,6 +253,19 @@ class _Best:
         """`metrics`: the validation of the incoming weights (step 0), the ones to beat."""
         self.metric, self.patience, self.min_steps = metric, patience, min_steps
         self.score, self.state, self.step, self.metrics, self.stale = self._score(metrics), snapshot(model), 0, metrics, 0
+
+    @classmethod
+    def from_state(cls, metric: str, patience: int | None, min_steps: int, state: dict, weights: dict) -> _Best:
+        """The record a checkpoint kept (`state_dict()`), with its weights."""
+        best = cls.__new__(cls)
+        best.metric, best.patience, best.min_steps, best.state = metric, patience, min_steps, weights
+        best.score, best.step = tuple(state["score"]), state["step"]
+        best.metrics, best.stale = state["metrics"], state["stale"]
+        return best
+
+    def state_dict(self) -> dict:
+        """The record in JSON-ready form (the weights are saved apart, as tensors)."""
+        return {"score": list(self.score), "step": self.step, "metrics": self.metrics, "stale": self.stale}
 
     def _score(self, metrics: dict) -> tuple[float, ...]:
         """Higher is better. Accuracy, F1 and the like often tie on a small validation set (with the
@@ -184,10 +290,13 @@ class _Best:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[dict], task, accelerator: Accelerator, precision: str = "fp32") -> dict:
     """Loss and task metrics over `loader`, accumulated batch by batch (no logits are kept)."""
+    # Without DDP's wrapper: its forward exchanges buffers between processes, and here they run
+    # different numbers of batches.
+    model = accelerator.unwrap_model(model)
     was_training = model.training
     model.eval()
     state, loss_sum, count = task.metric_state(), 0.0, 0
-    for batch in loader:
+    for batch in _batches_of_this_process(loader, accelerator):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with autocast(accelerator, precision):
             logits = model(**_inputs(batch))
@@ -195,7 +304,26 @@ def evaluate(model: nn.Module, loader: Iterable[dict], task, accelerator: Accele
         count += task.count(batch)
         task.update(state, logits.float(), batch)
     model.train(was_training)
+    if accelerator.num_processes > 1:  # every process gets the metrics of the whole split
+        from accelerate.utils import gather_object
+
+        from ..tasks.base import merge_states
+
+        loss_sum, count = accelerator.reduce(torch.tensor([loss_sum, count], dtype=torch.float64), "sum").tolist()
+        state = getattr(task, "merge_states", merge_states)(gather_object([state]))
     return {"loss": loss_sum / max(count, 1), **task.metrics(state)}
+
+
+def _batches_of_this_process(loader, accelerator: Accelerator) -> Iterable[dict]:
+    """Evaluation batches, whole, dealt out in turn: batch i to process i mod N. Nothing is padded or
+    repeated to even them out, and a process collates only its own batches."""
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    if processes == 1:
+        yield from loader
+        return
+    for i, indices in enumerate(loader.batch_sampler):
+        if i % processes == rank:
+            yield loader.collate_fn([loader.dataset[j] for j in indices])
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
