@@ -1,14 +1,16 @@
 """kill -9 a training run at random moments, start it again each time, and check that it ends where
 a run never stopped ends: the same test metrics and the same weights (a hash of the saved model).
 
-One uninterrupted run first (the reference, timed). Then `--runs` fresh runs of the same command,
-each killed `--kills` times (SIGKILL, at a moment drawn uniformly over the reference's duration)
-and started again after each kill; after every kill the run's .partial folder is checked: the
+One uninterrupted run first (the reference, timed). Then fresh runs of the same command, each killed
+(SIGKILL) and started again until it finishes, until `--kills` kills have been made in all. Each kill
+comes at a random moment of the attempt: uniform over the reference's duration, scaled down by the
+share of the optimizer steps still to do (at least 0.3 of it), so that kills keep landing inside
+training as a run nears its end. After every kill the run's .partial folder is checked: the
 checkpoint that checkpoint.json names must be complete and readable (every file), and nothing but a
-.tmp folder may be half-written. Each run then finishes, and its metrics and weights are compared.
+.tmp folder may be half-written. Each finished run's metrics and weights are compared.
 
-    .venv/bin/python benchmarks/kill_resume.py                                   # MiniLM full on BBC News, 4 runs x 5 kills
-    .venv/bin/python benchmarks/kill_resume.py --runs 1 --kills 3 data.train_size=100
+    .venv/bin/python benchmarks/kill_resume.py                                   # MiniLM full on BBC News, 20 kills
+    .venv/bin/python benchmarks/kill_resume.py --kills 3 data.train_size=100
     .venv/bin/python benchmarks/kill_resume.py --model ./my-model --data my.csv --regime lora
 
 Exit status 1 when any run ends elsewhere than the reference. Needs bash scripts/install.sh.
@@ -39,14 +41,15 @@ def weights_hash(run: Path) -> str:
     return digest.hexdigest()
 
 
-def check_checkpoint(staging: Path) -> str:
-    """What the kill left: 'none', or the step the named checkpoint holds. Raises if it is not complete."""
+def check_checkpoint(staging: Path) -> tuple[str, int]:
+    """What the kill left ('none', or where the named checkpoint is) and the optimizer steps done by then
+    (of a one-stage run). Raises if the named checkpoint, or any folder named as one, is not complete."""
     import torch
     from safetensors.torch import load_file
 
     pointer = staging / "checkpoint.json"
     if not pointer.is_file():
-        return "none"
+        return "none", 0
     folder = staging / json.loads(pointer.read_text())["last"]
     state = json.loads((folder / "state.json").read_text())
     load_file(folder / "weights.safetensors")
@@ -58,7 +61,11 @@ def check_checkpoint(staging: Path) -> str:
     for entry in staging.iterdir():  # anything named like a checkpoint is a complete one
         if entry.is_dir() and entry.name.startswith("checkpoint-"):
             json.loads((entry / "state.json").read_text())
-    return f"stage {state['stage'] + 1}, step {state['loop']['steps']}" if state["loop"] else f"stage {state['stage'] + 1} start"
+    finished = state["summary"]["stages"]
+    if state["loop"]:
+        return f"stage {state['stage'] + 1}, step {state['loop']['steps']}", sum(s["steps"] for s in finished) + state["loop"]["steps"]
+    done = sum(s["steps"] for s in finished)
+    return ("training done" if state["stage"] >= state["stages"] else f"stage {state['stage'] + 1} start"), done
 
 
 def main() -> int:
@@ -66,8 +73,8 @@ def main() -> int:
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--data", default="bbc-news")
     parser.add_argument("--regime", default="full")
-    parser.add_argument("--runs", type=int, default=4)
-    parser.add_argument("--kills", type=int, default=5, help="kills per run")
+    parser.add_argument("--kills", type=int, default=20, help="kills in all")
+    parser.add_argument("--runs", type=int, default=12, help="at most this many runs")
     parser.add_argument("--seed", type=int, default=0, help="draws the kill moments")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("overrides", nargs="*", help="section.key=value for every run "
@@ -88,36 +95,41 @@ def main() -> int:
         started = time.perf_counter()
         subprocess.run(command(reference), check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         duration = time.perf_counter() - started
-        expected = (json.loads((reference / "metrics.json").read_text())["test"], weights_hash(reference))
+        reference_metrics = json.loads((reference / "metrics.json").read_text())
+        expected = (reference_metrics["test"], weights_hash(reference))
+        total_steps = sum(s["steps"] for s in reference_metrics["stages"])
         print(f"reference run: {duration:.1f} s, test {expected[0].get('accuracy', expected[0])}", flush=True)
         results["reference_seconds"] = duration
-        failures = 0
+        failures, made = 0, 0
         for r in range(args.runs):
+            if made >= args.kills:
+                break
             out = Path(tmp) / f"run-{r}"
             staging = out.with_name(out.name + ".partial")
-            kills = []
-            for _ in range(args.kills):
-                moment = rng.uniform(0.05, 0.95) * duration
+            kills, done = [], 0
+            while made < args.kills:
+                moment = rng.uniform(0.05, 0.95) * duration * max(0.3, 1 - done / total_steps)
                 process = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:
                     process.wait(timeout=moment)
-                    kills.append({"at_seconds": moment, "finished_first": True})
                     break  # it finished before the kill came
                 except subprocess.TimeoutExpired:
                     process.send_signal(signal.SIGKILL)
                     process.wait()
-                kills.append({"at_seconds": round(moment, 1), "left": check_checkpoint(staging)})
+                left, done = check_checkpoint(staging)
+                kills.append({"at_seconds": round(moment, 1), "left": left})
+                made += 1
             if not (out / "metrics.json").is_file():
                 subprocess.run(command(out), check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             got = (json.loads((out / "metrics.json").read_text())["test"], weights_hash(out))
             same_metrics, same_weights = got[0] == expected[0], got[1] == expected[1]
             failures += not (same_metrics and same_weights)
             results["runs"].append({"kills": kills, "same_metrics": same_metrics, "same_weights": same_weights})
-            left = ", ".join(k.get("left", "finished") for k in kills)
+            left = ", ".join(k["left"] for k in kills)
             print(f"run {r + 1}: killed at {[k['at_seconds'] for k in kills]} s, left: {left}; "
                   f"same metrics {same_metrics}, same weights {same_weights}", flush=True)  # fmt: skip
-    kills = sum(len([k for k in run["kills"] if "left" in k]) for run in results["runs"])
-    print(f"{kills} kills over {args.runs} runs: {args.runs - failures} of {args.runs} runs ended bit for bit where the reference did")
+    runs = len(results["runs"])
+    print(f"{made} kills over {runs} runs: {runs - failures} of {runs} runs ended bit for bit where the reference did")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 1 if failures else 0

@@ -193,3 +193,24 @@ def test_a_half_written_checkpoint_is_never_resumed_from(tiny_bert, toy_csv, tmp
     resumed = runs.train(None, tiny_overrides(tiny_bert, toy_csv, out, "full", **extra))
     assert weights_hash(out) == weights_hash(whole.dir)
     assert resumed.metrics["test"] == whole.metrics["test"]
+
+
+@pytest.mark.slow
+def test_kill_9_at_twenty_random_moments_of_a_minilm_run(tmp_path):
+    """The acceptance run: benchmarks/kill_resume.py kills MiniLM full fine-tuning on BBC News with
+    SIGKILL 20 times (over as many runs as it takes), checks the checkpoint files after every kill, and compares
+    each finished run's test metrics and weights with an uninterrupted run's."""
+    import subprocess
+    import sys
+
+    from transferkit import assets
+
+    for asset in (assets.MODELS["minilm-l6"], assets.DATASETS["bbc-news"]):
+        if not asset.installed:
+            pytest.skip(f"{asset.name} is not installed ({asset.install})")
+    script = Path(__file__).parent.parent / "benchmarks" / "kill_resume.py"
+    result = subprocess.run([sys.executable, str(script), "--kills", "20", "--json", str(tmp_path / "kills.json")],
+                            capture_output=True, text=True, timeout=3600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = json.loads((tmp_path / "kills.json").read_text())["runs"]
+    assert sum(len(r["kills"]) for r in runs) == 20 and all(r["same_metrics"] and r["same_weights"] for r in runs)

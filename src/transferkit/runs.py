@@ -44,7 +44,7 @@ from .report.html import read_log, run_report
 from .tasks.sequence import eval_loader
 from .training import checkpoint
 from .training.features import HeadOnFeatures, cache_features
-from .training.loop import Checkpoints, Diverged, Hooks, Progress, fit
+from .training.loop import Diverged, Hooks, Progress, fit
 from .training.probe import fit_probe
 
 
@@ -150,6 +150,7 @@ def train(
         lock.release()  # interrupted or failed after a checkpoint: it stays, for the same command to go on from
         progress.note(f"the run stopped; its last checkpoint is in {staging}: run the same command again to go on from it")
         raise
+    checkpoint.remove(staging)  # the run is complete: a kill from here on costs at most the rename below
     folders.publish(staging, cfg.run_dir, lock)
     return Run(cfg.run_dir, cfg, metrics, task)
 
@@ -309,21 +310,17 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
     if (cfg.train.metric or task.metric) == "loss+general":
         hooks.extra_validation = general_validation(cfg, model, accelerator, precision)
     features, summary = None, {"stages": []}
-    resumed = setup.resumed
-    checkpoints = None
-    if setup.record is not None:
-        t = cfg.train
-        checkpoints = checkpoint.RunCheckpoints(staging, setup.record["config"], setup.record["data"], t.checkpoint_every_steps,
-                                                t.checkpoint_minutes, resumed)  # fmt: skip
+    resumed, t = setup.resumed, cfg.train
+    checkpoints = (checkpoint.RunCheckpoints(staging, setup.record["config"], setup.record["data"], len(stages), t.checkpoint_every_steps,
+                                             t.checkpoint_minutes, resumed) if setup.record else checkpoint.NoCheckpoints(staging))  # fmt: skip
 
     def cached_features() -> tuple[dict, float]:
         """The frozen backbone's features: from the checkpoint when a resumed run has them, else computed (and kept)."""
-        stored = checkpoints.features() if checkpoints else None
+        stored = checkpoints.features()
         if stored is not None:
             return stored, summary.get("cache_seconds", 0.0)
         computed, seconds = _cache_features(model, items, ctx)
-        if checkpoints:
-            checkpoints.save_features(computed)
+        checkpoints.save_features(computed)
         return computed, seconds
 
     with _open_log(staging / "metrics.jsonl", resumed) as log_file:
@@ -337,9 +334,7 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
             fed(record)
             on_log(record)
 
-        hooks.log = log_and_watch if on_log else fed
-        if checkpoints:
-            checkpoints.log_file = log_file
+        hooks.log, hooks.checkpoints, checkpoints.log_file = (log_and_watch if on_log else fed), checkpoints, log_file
         if resumed:
             summary = resumed.state["summary"]
         for index, stage in enumerate(stages):
@@ -355,18 +350,15 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
             micro = cfg.train.micro_batch_size or stage.batch_size
             train_loader = make_loader(data["train"], micro, True, cfg.train.seed, model.pad_id)
             solve = SOLVERS[stage.solver]
-            if checkpoints:
-                checkpoints.begin_stage(index, model, summary)
-                checkpoints.stage_ready(worth_saving=index > 0 or computed)
-            hooks.checkpoints = checkpoints or Checkpoints()
+            checkpoints.begin_stage(index, model, summary)
+            checkpoints.stage_ready(worth_saving=index > 0 or computed)
             result = solve(trainee, train_loader, eval_loader(data["validation"], model.pad_id), task, accelerator, stage, cfg.train, precision, hooks)
             summary["stages"].append(_stage_summary(stage, result, trainee, _ceiling(precision, accelerator)))
-        if checkpoints and stages:
-            if resumed and resumed.stage >= len(stages):  # every stage had finished: the test is what was left
-                checkpoints.restore_weights(model)
-            else:
-                checkpoints.training_done()
-            checkpoints.testing(len(stages))
+        if resumed and resumed.stage >= len(stages):  # every stage had finished: the test is what was left
+            checkpoints.restore_weights(model)
+        elif stages:
+            checkpoints.training_done()
+        checkpoints.testing()
     # The test set goes through the same path as training did last: the cache for a head-only
     # regime (so the backbone still runs only once), the whole model otherwise.
     if stages and stages[-1].cached and features is None:
@@ -413,12 +405,11 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
         "model_size_mb": folders.folder_size(staging / "model") / 2**20,
         # What checkpointing cost this process (a resumed run: since it resumed).
         "checkpoints": {"written": checkpoints.written, "seconds": checkpoints.seconds, "resumed_from": resumed.describe if resumed else None}
-        if checkpoints else None,
+        if setup.record else None,
         **({"chosen_on_validation": chosen} if chosen else {}),
         **summary,
         **extra,
     }
-    checkpoint.remove(staging)  # before metrics.json, which marks the run finished
     folders.write_text(staging / "metrics.json", json.dumps(metrics, indent=2))
     folders.write_text(staging / "report.html", run_report(metrics, read_log(staging), (staging / "config.yaml").read_text()))
     card.write_model_card(staging, cfg, metrics)

@@ -64,7 +64,10 @@ class Resumed:
     @property
     def describe(self) -> str:
         loop = self.state.get("loop")
-        where = f"step {loop['steps']} of stage {self.stage + 1}" if loop else f"the end of stage {self.stage}"
+        if loop:
+            where = f"step {loop['steps']} of stage {self.stage + 1}"
+        else:
+            where = "the end of training" if self.stage >= self.state["stages"] else f"the start of stage {self.stage + 1}"
         return f"{where} ({self.state['saved_at']})"
 
 
@@ -152,9 +155,9 @@ class RunCheckpoints(Checkpoints):
     features are worth keeping), as the loop says they are due, and when training is done; the state
     is handed back, once, to the stage that was in progress."""
 
-    def __init__(self, staging: Path, config: dict, data: str, every_steps: int | None, minutes: float | None,
+    def __init__(self, staging: Path, config: dict, data: str, stages: int, every_steps: int | None, minutes: float | None,
                  resumed: Resumed | None = None):  # fmt: skip
-        self.staging, self.config, self.data = staging, config, data
+        self.staging, self.config, self.data, self.stages = staging, config, data, stages
         self.every_steps, self.interval = every_steps, (minutes or 0) * 60
         self.resumed = resumed
         self.count = int(resumed.folder.name.split("-")[-1]) if resumed else 0
@@ -181,9 +184,9 @@ class RunCheckpoints(Checkpoints):
         """Every stage has fit: a checkpoint here leaves only the test to do again."""
         self._write(self.stage + 1, None)
 
-    def testing(self, stages: int) -> None:
+    def testing(self) -> None:
         """A run that goes on from `training_done`'s checkpoint gets its RNGs back before the test."""
-        if self.resumed is not None and self.resumed.stage == stages:
+        if self.resumed is not None and self.resumed.stage == self.stages:
             _set_rng(self.resumed.state["rng"], load_file(self.resumed.folder / "rng.safetensors"))
 
     def restore_weights(self, model: torch.nn.Module) -> None:
@@ -239,6 +242,7 @@ class RunCheckpoints(Checkpoints):
         python_rng, numpy_rng, torch_rng = _rng()
         state = {
             "stage": stage,
+            "stages": self.stages,
             "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "summary": self.summary,
             "log_bytes": self.log_file.tell() if self.log_file is not None else 0,
@@ -305,3 +309,17 @@ def _set_rng(state: dict, tensors: dict[str, torch.Tensor]) -> None:
 
 def _lists(value):
     return [_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+class NoCheckpoints(RunCheckpoints):
+    """A run that takes none (a search trial, a run of several processes): every write is left out."""
+
+    def __init__(self, staging: Path):
+        super().__init__(staging, {}, "", 0, None, None)
+
+    def _write(self, stage: int, loop: LoopState | None) -> None: ...
+
+    def features(self) -> dict | None:
+        return None
+
+    def save_features(self, features: dict) -> None: ...
