@@ -3,9 +3,9 @@ a run never stopped ends: the same test metrics and the same weights (a hash of 
 
 One uninterrupted run first (the reference, timed). Then fresh runs of the same command, each killed
 (SIGKILL) and started again until it finishes, until `--kills` kills have been made in all. Each kill
-comes at a random moment of the attempt: uniform over the reference's duration, scaled down by the
-share of the optimizer steps still to do (at least 0.3 of it), so that kills keep landing inside
-training as a run nears its end. After every kill the run's .partial folder is checked: the
+comes at a random moment of the attempt, uniform over what the reference says is left to do: its
+fixed part (start, load, test, save) plus the share of the training loop that the last checkpoint
+had not done. An attempt that made no progress over three kills in a row is let finish. After every kill the run's .partial folder is checked: the
 checkpoint that checkpoint.json names must be complete and readable (every file), and nothing but a
 .tmp folder may be half-written. Each finished run's metrics and weights are compared.
 
@@ -98,6 +98,8 @@ def main() -> int:
         reference_metrics = json.loads((reference / "metrics.json").read_text())
         expected = (reference_metrics["test"], weights_hash(reference))
         total_steps = sum(s["steps"] for s in reference_metrics["stages"])
+        loop_seconds = sum(s["seconds"] for s in reference_metrics["stages"])
+        fixed_seconds = duration - loop_seconds
         print(f"reference run: {duration:.1f} s, test {expected[0].get('accuracy', expected[0])}", flush=True)
         results["reference_seconds"] = duration
         failures, made = 0, 0
@@ -106,9 +108,9 @@ def main() -> int:
                 break
             out = Path(tmp) / f"run-{r}"
             staging = out.with_name(out.name + ".partial")
-            kills, done = [], 0
-            while made < args.kills:
-                moment = rng.uniform(0.05, 0.95) * duration * max(0.3, 1 - done / total_steps)
+            kills, done, stuck = [], 0, 0
+            while made < args.kills and stuck < 3:
+                moment = rng.uniform(0.05, 1.0) * (fixed_seconds + (1 - done / total_steps) * loop_seconds)
                 process = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:
                     process.wait(timeout=moment)
@@ -116,7 +118,9 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     process.send_signal(signal.SIGKILL)
                     process.wait()
-                left, done = check_checkpoint(staging)
+                left, now_done = check_checkpoint(staging)
+                stuck = stuck + 1 if now_done <= done and left == (kills[-1]["left"] if kills else "none") else 0
+                done = now_done
                 kills.append({"at_seconds": round(moment, 1), "left": left})
                 made += 1
             if not (out / "metrics.json").is_file():

@@ -140,9 +140,21 @@ def exists(staging: Path) -> bool:
 
 def remove(staging: Path) -> None:
     """A finished (or failed) run keeps no checkpoints: they served their purpose and take room."""
+    (staging / POINTER).unlink(missing_ok=True)  # first: nothing points at a checkpoint being deleted
+    (staging / FEATURES).unlink(missing_ok=True)
     for entry in staging.iterdir():
-        if entry.name in (POINTER, FEATURES) or _is_checkpoint(entry):
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        if _is_checkpoint(entry):
+            _delete(entry)
+
+
+def _delete(folder: Path) -> None:
+    """Renamed out of the checkpoint names first (atomic), then deleted: a kill in the middle leaves a
+    folder that is plainly not a checkpoint, never one that looks complete and is not."""
+    if not folder.name.startswith("."):
+        hidden = folder.with_name(f".{folder.name}.deleting")
+        folder.rename(hidden)
+        folder = hidden
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def is_checkpoint_file(entry: Path) -> bool:
@@ -265,9 +277,9 @@ class RunCheckpoints(Checkpoints):
         folders.follow_umask(tmp)
         tmp.rename(self.staging / name)  # complete: only now does it carry a checkpoint's name
         folders.write_text(self.staging / POINTER, json.dumps({"last": name}))
-        for entry in self.staging.iterdir():  # the older ones, and any left half-written by a kill
+        for entry in self.staging.iterdir():  # the older ones, and any a kill left half-written or half-deleted
             if _is_checkpoint(entry) and entry.name != name:
-                shutil.rmtree(entry, ignore_errors=True)
+                _delete(entry)
         seconds = time.monotonic() - started
         self.written, self.seconds = self.written + 1, self.seconds + seconds
         self.next_due = time.monotonic() + max(self.interval, COST_SHARE * seconds)
@@ -285,7 +297,8 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _is_checkpoint(entry: Path) -> bool:
-    return entry.is_dir() and (entry.name.startswith("checkpoint-") or (entry.name.startswith(".checkpoint-") and entry.name.endswith(".tmp")))
+    """A checkpoint folder, or one being written (.tmp) or deleted (.deleting)."""
+    return entry.is_dir() and (entry.name.startswith("checkpoint-") or entry.name.startswith(".checkpoint-"))
 
 
 def _rng() -> tuple[list, list, dict[str, torch.Tensor]]:
