@@ -56,18 +56,21 @@ def main() -> int:
                     seconds = time.perf_counter() - started
                     metrics = json.loads((out / "metrics.json").read_text())
                     runs[n].append({"seconds": seconds, "test": {k: v for k, v in metrics["test"].items() if isinstance(v, float)},
-                                    "steps": [s["steps"] for s in metrics["stages"]]})  # fmt: skip
+                                    "steps": [s["steps"] for s in metrics["stages"]],
+                                    "ceiling_share": [s.get("ceiling_share") for s in metrics["stages"]],
+                                    "model_gflops_per_second": [s.get("model_gflops_per_second") for s in metrics["stages"]]})  # fmt: skip
                     print(f"{regime} x{n} repeat {repeat + 1}: {seconds:.1f} s, test {runs[n][-1]['test'].get('accuracy')}", flush=True)
             summary = {n: {"median_seconds": statistics.median(r["seconds"] for r in rs), "test": rs[0]["test"], "steps": rs[0]["steps"],
+                           "median_ceiling_share": statistics.median(r["ceiling_share"][-1] or 0 for r in rs),
                            "same_test_every_repeat": all(r["test"] == rs[0]["test"] for r in rs)} for n, rs in runs.items()}  # fmt: skip
             results["regimes"][regime] = {"runs": runs, "summary": summary}
-    print(f"\n| regime | processes | median wall time | vs 1 process | test accuracy | test loss | optimizer steps |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| regime | processes | median wall time | vs 1 process | test accuracy | test loss | optimizer steps | ceiling share |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for regime, r in results["regimes"].items():
         base = r["summary"][counts[0]]["median_seconds"]
         for n, s in r["summary"].items():
             print(f"| {regime} | {n} | {s['median_seconds']:.1f} s | {s['median_seconds'] / base:.2f}x | {s['test'].get('accuracy', float('nan')):.4f} "
-                  f"| {s['test'].get('loss', float('nan')):.4f} | {s['steps']} |")  # fmt: skip
+                  f"| {s['test'].get('loss', float('nan')):.4f} | {s['steps']} | {s['median_ceiling_share']:.2f} |")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -62,6 +62,7 @@ CASES = {
     "full, mid-epoch": ("full", {"train.epochs": 3, "train.checkpoint_every_steps": 2}, 6, False),
     "lora, inside an accumulation cycle": ("lora", {"train.epochs": 3, "train.micro_batch_size": 4, "train.checkpoint_every_steps": 3}, 8, True),
     "staged, between its stages": ("staged", {"train.epochs": 2, "train.checkpoint_every_steps": 4}, 1, False),
+    "full with L2-SP, mid-epoch": ("full", {"train.epochs": 2, "train.checkpoint_every_steps": 2, "train.l2sp": 0.1}, 5, False),
 }
 
 

@@ -559,7 +559,8 @@ def _stage_summary(stage, result, trainee, ceiling: dict | None) -> dict:
         # Model FLOPs per second over the machine's matmul ceiling (training/throughput.py says how both are counted).
         "model_gflops_per_second": flops_per_second / 1e9 if flops_per_second else None,
         "ceiling": ceiling,
-        "ceiling_share": flops_per_second / 1e9 / ceiling["gflops"] if flops_per_second and ceiling else None,
+        # Every process counts the whole step's tokens; each has its own ceiling (its threads, its GPU).
+        "ceiling_share": flops_per_second / 1e9 / (ceiling["gflops"] * _processes().num_processes) if flops_per_second and ceiling else None,
         "stopped_early": result.stopped_early,
         "best_step": result.best_step,
         "best_validation": {k: v for k, v in result.best_metrics.items() if isinstance(v, float)},

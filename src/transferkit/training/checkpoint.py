@@ -12,6 +12,7 @@ metrics.jsonl they belong to:
         rng.safetensors      the torch RNG states (CPU and each CUDA device)
         weights.safetensors  every parameter a stage has trained so far, and every buffer
         best.safetensors     the best validated weights of the stage in progress
+        anchors.safetensors  with train.l2sp: the weights the stage started from, which the penalty pulls toward
         optimizer.pt, scheduler.pt   tensors, numbers and lists only: read back with weights_only=True
     features.pt              the frozen backbone's cached features (freeze, staged's head stage),
                              written once: a resumed run does not run the backbone again
@@ -237,7 +238,7 @@ class RunCheckpoints(Checkpoints):
         return LoopState(
             loop["steps"], loop["examples"], loop["seconds"],
             torch.load(folder / "optimizer.pt", weights_only=True), torch.load(folder / "scheduler.pt", weights_only=True),
-            loop["best"], load_file(folder / "best.safetensors"), loop["tokens"], loop["step_seconds"],
+            loop["best"], load_file(folder / "best.safetensors"), loop["tokens"], loop["step_seconds"], _anchors(folder),
         )  # fmt: skip
 
     # --- writing -------------------------------------------------------------------------------------
@@ -270,6 +271,8 @@ class RunCheckpoints(Checkpoints):
             state["loop"] = {"steps": loop.steps, "examples": loop.examples, "seconds": loop.seconds, "best": loop.best,
                              "tokens": loop.tokens, "step_seconds": loop.step_seconds}  # fmt: skip
             save_file(_unshared(loop.best_weights), tmp / "best.safetensors")
+            if loop.anchors:
+                save_file(_unshared({str(i): a for i, a in enumerate(loop.anchors)}), tmp / "anchors.safetensors")
             torch.save(loop.optimizer, tmp / "optimizer.pt")
             torch.save(loop.scheduler, tmp / "scheduler.pt")
         # NumPy scalars (a metric some task computed with NumPy) as the numbers they are.
@@ -283,6 +286,14 @@ class RunCheckpoints(Checkpoints):
         seconds = time.monotonic() - started
         self.written, self.seconds = self.written + 1, self.seconds + seconds
         self.next_due = time.monotonic() + max(self.interval, COST_SHARE * seconds)
+
+
+def _anchors(folder: Path) -> list[torch.Tensor]:
+    path = folder / "anchors.safetensors"
+    if not path.is_file():
+        return []
+    tensors = load_file(path)
+    return [tensors[str(i)] for i in range(len(tensors))]
 
 
 def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -66,6 +66,8 @@ class LoopState:
     best_weights: dict[str, torch.Tensor]
     tokens: int | None = 0
     step_seconds: float = 0.0
+    anchors: list[torch.Tensor] = field(default_factory=list)
+    """The L2-SP anchors: the weights as the stage found them (empty without train.l2sp)."""
 
 
 class Checkpoints:
@@ -143,6 +145,7 @@ def fit(model: nn.Module, train_loader: Iterable[dict], val_loader: Iterable[dic
     else:
         best = _Best.from_state(metric, cfg.patience, min_steps, resumed.best, resumed.best_weights)
         optimizer.load_state_dict(resumed.optimizer)
+        anchors = resumed.anchors
         scheduler.load_state_dict(resumed.scheduler)
         result.steps, result.examples, result.tokens, result.step_seconds = resumed.steps, resumed.examples, resumed.tokens, resumed.step_seconds
         # Pick the data up where it stopped: the epoch's order again, less the batches already trained on.
@@ -186,7 +189,8 @@ def fit(model: nn.Module, train_loader: Iterable[dict], val_loader: Iterable[dic
                     break
                 if hooks.checkpoints.due(result.steps):
                     hooks.checkpoints.save(LoopState(result.steps, result.examples, time.perf_counter() - started, optimizer.state_dict(),
-                                                     scheduler.state_dict(), best.state_dict(), best.state, result.tokens, result.step_seconds))  # fmt: skip
+                                                     scheduler.state_dict(), best.state_dict(), best.state, result.tokens, result.step_seconds,
+                                                     anchors))  # fmt: skip
     finally:
         # On success and on divergence alike, the model leaves with its best validated weights.
         progress.close()
