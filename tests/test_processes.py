@@ -70,3 +70,16 @@ def test_bad_input_under_several_processes_is_one_line_exit_2(tiny_bert, tmp_pat
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_several_processes_do_not_discard_a_checkpoint_they_cannot_resume(tiny_bert, toy_csv, tmp_path):
+    from helpers import fingerprint
+
+    staging = tmp_path / "run.partial"
+    staging.mkdir()
+    (staging / "checkpoint.json").write_text('{"last": "checkpoint-1"}')
+    (staging / "config.yaml").write_text("# transferkit run configuration\n")
+    before = fingerprint(staging)
+    result = run_cli(["--processes", "2", *tiny_overrides(tiny_bert, toy_csv, tmp_path / "run", "full")], tmp_path)
+    assert result.returncode == 2 and "--no-resume" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert fingerprint(staging) == before

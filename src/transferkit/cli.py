@@ -705,7 +705,7 @@ def launch(processes: int, argv: list[str]) -> int:
             time.sleep(0.2)
         # One failed: the others most often fail the same way a moment later (bad input), and the
         # main one says why. Those still running after a grace period are stopped.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 5
         while any(child.poll() is None for child in children) and time.monotonic() < deadline:
             time.sleep(0.2)
         stopped = [child.poll() is None for child in children]

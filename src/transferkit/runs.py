@@ -126,6 +126,10 @@ def train(
     # Checkpoints hold one process's RNG states: a run of several processes takes none (see README).
     setup = prepare(config, overrides, progress, resumable=not trial and processes.num_processes == 1)
     cfg, model, task = setup.cfg, setup.model, setup.task
+    staging = cfg.run_dir.with_name(cfg.run_dir.name + ".partial")
+    if processes.num_processes > 1 and cfg.train.resume != "never" and checkpoint.exists(staging):
+        raise UserError(f"'{staging}' holds the checkpoint of an interrupted run, and a run of several processes cannot go on "
+                        "from it; run without --processes to go on, or pass --no-resume to discard it")  # fmt: skip
     if reuse and (finished := _same_finished_run(setup)):
         progress.note(f"{cfg.run_dir} already holds a finished run of this configuration and data: kept, not run again")
         return finished
