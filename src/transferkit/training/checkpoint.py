@@ -34,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .. import folders
 from ..errors import UserError
-from .loop import Checkpoints, LoopState
+from .loop import Checkpoints, LoopState, restore
 
 POINTER = "checkpoint.json"
 FEATURES = "features.pt"
@@ -176,7 +177,7 @@ class RunCheckpoints(Checkpoints):
         self.count = int(resumed.folder.name.split("-")[-1]) if resumed else 0
         self.next_due = time.monotonic() + self.interval
         self.stage, self.model, self.summary, self.log_file = 0, None, {}, None
-        self.trained: set[str] = set(load_file(resumed.folder / "weights.safetensors")) if resumed else set()
+        self.trained: set[str] = _names(resumed.folder / "weights.safetensors") if resumed else set()
         self.written, self.seconds = 0, 0.0  # by this process: what checkpointing cost the run
 
     # --- what runs.py tells it -----------------------------------------------------------------------
@@ -204,8 +205,6 @@ class RunCheckpoints(Checkpoints):
 
     def restore_weights(self, model: torch.nn.Module) -> None:
         """Put the checkpoint's trained parameters and buffers back into `model`."""
-        from .loop import restore
-
         restore(model, load_file(self.resumed.folder / "weights.safetensors"))
 
     def features(self) -> dict | None:
@@ -286,6 +285,12 @@ class RunCheckpoints(Checkpoints):
         seconds = time.monotonic() - started
         self.written, self.seconds = self.written + 1, self.seconds + seconds
         self.next_due = time.monotonic() + max(self.interval, COST_SHARE * seconds)
+
+
+def _names(path: Path) -> set[str]:
+    """The tensor names in a safetensors file, read from its header alone."""
+    with safe_open(path, framework="pt") as f:
+        return set(f.keys())
 
 
 def _anchors(folder: Path) -> list[torch.Tensor]:
