@@ -264,3 +264,19 @@ def check_refused(capsys, argv: list[str], run_dir: Path, *words: str) -> str:
     assert fingerprint(run_dir) == before
     assert not run_dir.with_name(run_dir.name + ".partial").exists()
     return message
+
+
+def check_bad_file_refused(capsys, folder: Path, name: str, content: str, words, train_args) -> None:
+    """Writes `content` as `folder/name` and trains on it (`train_args(data, out)`, CLI arguments):
+    exit 2, one line naming `words`, no traceback, and nothing written beside the file."""
+    from transferkit import cli
+
+    data = folder / name
+    data.write_text(content)
+    out = folder / "run"
+    assert cli.main(["train", *train_args(data, out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+    assert not out.exists() and sorted(p.name for p in folder.iterdir()) == [name]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FILLER, FRUIT, tiny_overrides
+from helpers import FILLER, FRUIT, check_bad_file_refused, tiny_overrides
 from transferkit import cli, train
 from transferkit.eval.spans import best_over_golds, normalize_answer
 
@@ -216,12 +216,4 @@ def _squad(context="my red plum", question="which fruit", text="plum", start=7, 
     ("nocontext.jsonl", '{"question": "which fruit", "answer": "plum", "answer_start": 0}\n', ["context"]),
 ])  # fmt: skip
 def test_bad_qa_files_stop_in_one_line_exit_2(name, content, words, tiny_bert, tmp_path, capsys):
-    data = tmp_path / name
-    data.write_text(content)
-    out = tmp_path / "run"
-    assert cli.main(["train", *quick(tiny_bert, data, out, "full", **{"train.epochs": 1})]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in err, err
-    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [name]
+    check_bad_file_refused(capsys, tmp_path, name, content, words, lambda data, out: quick(tiny_bert, data, out, "full", **{"train.epochs": 1}))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FILLER, FRUIT, VEHICLE, tiny_overrides
+from helpers import FILLER, FRUIT, VEHICLE, check_bad_file_refused, tiny_overrides
 from transferkit import cli, train
 from transferkit.eval.entities import entity_metrics, get_entities
 
@@ -194,12 +194,4 @@ def test_jsonl_sentences_and_bioes_tags(tiny_bert, tmp_path):
     ("columns.jsonl", '{"words": ["a", "pear"], "tags": ["O", "B-FRUIT"]}\n', ["'tokens'"]),
 ])  # fmt: skip
 def test_bad_tagged_files_stop_in_one_line_exit_2(name, text, words, tiny_bert, tmp_path, capsys):
-    data = tmp_path / name
-    data.write_text(text)
-    out = tmp_path / "run"
-    assert cli.main(["train", *quick(tiny_bert, data, out, "full", **{"train.epochs": 1})]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in err, err
-    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [name]
+    check_bad_file_refused(capsys, tmp_path, name, text, words, lambda data, out: quick(tiny_bert, data, out, "full", **{"train.epochs": 1}))

@@ -19,18 +19,18 @@ from .tables import quiet_datasets
 FORMAT = 2  # bump when what is stored changes
 
 
-class TokenItems(torch.utils.data.Dataset):
-    """Loader items {"input_ids": [...], "labels": int} over rows of a token table (memory-mapped).
+class RowItems(torch.utils.data.Dataset):
+    """Loader items over the rows of a token table (memory-mapped), each with a "length" column.
 
-    `lengths` lets the length-grouped sampler batch similar lengths; `__getitems__` reads a whole batch
-    from Arrow in one call.
+    `lengths` lets the length-grouped sampler batch similar lengths; `__getitems__` (each kind of item
+    has its own) reads a whole batch from Arrow in one call.
     """
 
-    def __init__(self, tokens, labels: list | None):
-        self.tokens, self.labels = tokens, labels
-        self.lengths = list(tokens["length"])
+    def __init__(self, rows):
+        self.rows = rows
+        self.lengths = list(rows["length"])
         # A pair's segment ids (0 for the first text, 1 for the second), where the tokenizer makes them.
-        self.columns = [c for c in ("input_ids", "token_type_ids") if c in tokens.column_names]
+        self.columns = [c for c in ("input_ids", "token_type_ids") if c in rows.column_names]
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -39,7 +39,18 @@ class TokenItems(torch.utils.data.Dataset):
         return self.__getitems__([i])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
-        batch = self.tokens[indices]
+        raise NotImplementedError
+
+
+class TokenItems(RowItems):
+    """Loader items {"input_ids": [...], "labels": int}."""
+
+    def __init__(self, tokens, labels: list | None):
+        super().__init__(tokens)
+        self.labels = labels
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        batch = self.rows[indices]
         items = [{c: batch[c][j] for c in self.columns} for j in range(len(indices))]
         if self.labels is not None:
             for item, i in zip(items, indices):

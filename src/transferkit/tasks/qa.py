@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..data.tokens import RowItems
 from ..errors import UserError
 from ..eval.spans import best_over_golds, window_candidates
 from .sequence import eval_loader
@@ -271,19 +272,12 @@ class _Part:
     first: int
 
 
-class WindowItems(torch.utils.data.Dataset):
+class WindowItems(RowItems):
     """Loader items over the windows of a split: input_ids, token_type_ids, labels (start, end, window)."""
 
     def __init__(self, rows, first: int):
-        self.rows, self.first = rows, first
-        self.lengths = list(rows["length"])
-        self.columns = [c for c in ("input_ids", "token_type_ids") if c in rows.column_names]
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.__getitems__([i])[0]
+        super().__init__(rows)
+        self.first = first
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         batch = self.rows[indices]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..eval.entities import capitalised_rule, entity_metrics, get_entities, most_frequent_type
+from ..data.tokens import RowItems
 from .sequence import eval_loader
 
 # How `predict` cuts a text into words: words with inner hyphens, apostrophes or dots ("e-mail",
@@ -190,19 +191,13 @@ class TokenClassification:
         self.label_names, self.scheme = list(state["labels"]), state.get("scheme")
 
 
-class TaggedItems(torch.utils.data.Dataset):
+class TaggedItems(RowItems):
     """Loader items over tokenized sentences: input_ids and labels (a tag id on the first sub-word of each
     word, -100 elsewhere); with `index`, each item's position (for outputs in input order)."""
 
     def __init__(self, rows, tags: list[list[int]] | None, index: bool = False):
-        self.rows, self.tags, self.index = rows, tags, index
-        self.lengths = list(rows["length"])
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.__getitems__([i])[0]
+        super().__init__(rows)
+        self.tags, self.index = tags, index
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         batch = self.rows[indices]
