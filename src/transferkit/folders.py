@@ -99,6 +99,11 @@ def foreign_entries(folder: Path, ours: set[str]) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name not in ours)
 
 
+def staging_of(target: Path) -> Path:
+    """Where the folder `target` is built (and an interrupted run's checkpoint stays): `<target>.partial`."""
+    return target.with_name(target.name + ".partial")
+
+
 def _is_staging(path: Path) -> bool:
     return path.name.endswith(".partial") and path.is_dir() and _staging_is_ours(path)
 
@@ -135,7 +140,7 @@ def check_output(target: Path, overwrite: bool, kind: str = "run") -> None:
         if finished_kind(target) and not overwrite:
             what = f"finished {kind}"
             raise UserError(f"'{target}' already holds a {what}; pass --overwrite to replace it or choose another --output")
-    staging = target.with_name(target.name + ".partial")
+    staging = staging_of(target)
     if staging.exists() and not (staging.is_dir() and _staging_is_ours(staging)):
         raise UserError(f"'{staging}' exists and was not written by transferkit; move it away or choose another --output")
     if (staging / LOCK).is_file():
@@ -202,7 +207,7 @@ def _staging_is_ours(staging: Path) -> bool:
 def start_staging(run_dir: Path, keep: Callable[[Path], bool] = lambda entry: False) -> tuple[Path, Lock]:
     """The staging folder beside `run_dir`, locked, empty of anything a dead earlier run left in it
     but what `keep` says (the checkpoint a resumed run goes on from)."""
-    staging = run_dir.with_name(run_dir.name + ".partial")
+    staging = staging_of(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.mkdir(staging, 0o777 & ~UMASK)

@@ -126,7 +126,7 @@ def train(
     # Checkpoints hold one process's RNG states: a run of several processes takes none (see README).
     setup = prepare(config, overrides, progress, resumable=not trial and processes.num_processes == 1)
     cfg, model, task = setup.cfg, setup.model, setup.task
-    staging = cfg.run_dir.with_name(cfg.run_dir.name + ".partial")
+    staging = folders.staging_of(cfg.run_dir)
     if processes.num_processes > 1 and cfg.train.resume != "never" and checkpoint.exists(staging):
         raise UserError(f"'{staging}' holds the checkpoint of an interrupted run, and a run of several processes cannot go on "
                         "from it; run without --processes to go on, or pass --no-resume to discard it")  # fmt: skip
@@ -229,7 +229,7 @@ def prepare(config, overrides=None, progress: Progress | None = None, check_outp
     setup = Setup(cfg, model, task, regime, splits, stages)
     if resumable:
         setup.record = {"config": json.loads(json.dumps(cfg.to_dict(), default=str)), "data": checkpoint.fingerprint(splits)}
-        staging = cfg.run_dir.with_name(cfg.run_dir.name + ".partial")
+        staging = folders.staging_of(cfg.run_dir)
         setup.resumed = checkpoint.find(staging, setup.record["config"], setup.record["data"], cfg.train.resume)
         if setup.resumed:
             progress.note(f"resuming from the checkpoint at {setup.resumed.describe} in {staging}: it belongs to this same "
