@@ -115,21 +115,34 @@ def test_response_tokens_alone_are_learned(tiny_llama, tmp_path):
     assert plain["labels"] == plain["input_ids"]
 
 
-@pytest.mark.parametrize("shots", ["0", "4", "max"])
-def test_cached_prefix_scores_equal_full_prompt_scores(shots, tiny_llama, toy_csv, tmp_path):
+# Answers of one token each and of several (of unequal lengths, scored after the query's own
+# cache); one shared prefix, and a prefix per query (select=similar); through the chat template
+# and plain.
+@pytest.mark.parametrize("shots, extra", [
+    ("0", {}), ("4", {}), ("max", {}),
+    ("4", {"lm.verbalisers": "fruit=sweet ripe fruit,vehicle=car"}),
+    ("4", {"lm.verbalisers": "fruit=apple,vehicle=a very fast red car", "icl.select": "similar", "lm.chat": "off"}),
+])  # fmt: skip
+def test_cached_prefix_scores_equal_full_prompt_scores(shots, extra, tiny_llama, toy_csv, tmp_path):
     from transferkit.data.splits import load_splits
     from transferkit.methods import icl
 
-    cfg = load_config(None, llama_overrides(tiny_llama, toy_csv, tmp_path, "icl", **{"icl.shots": shots}))
+    cfg = load_config(None, llama_overrides(tiny_llama, toy_csv, tmp_path, "icl", **{"icl.shots": shots, **extra}))
     splits = load_splits(cfg.data, 0)
     model, task = model_and_task(cfg, splits.label_names)
     model.eval()
     icl.prepare(model, task, splits, cfg)
+    if "lm.verbalisers" in extra:
+        assert sorted(len(a) for a in model.prompt.answer_ids(model.tokenizer))[-1] >= 3  # several tokens, unequal
     queries = [model.prompt.query_ids(model.tokenizer, t, model.max_length) for t in splits.test.inputs]
-    cached, naive = label_scores(model, queries, cached=True), label_scores(model, queries, cached=False)
+    prefixes = None
+    if extra.get("icl.select") == "similar":
+        prefixes = task.prefixes(model, splits.test.inputs)
+        assert len(set(map(tuple, prefixes))) > 1
+    cached, naive = label_scores(model, queries, cached=True, prefixes=prefixes), label_scores(model, queries, cached=False, prefixes=prefixes)
     assert torch.allclose(cached, naive, atol=1e-4)
     assert torch.equal(cached.argmax(-1), naive.argmax(-1))
-    one_by_one = torch.cat([label_scores(model, [q], cached=False) for q in queries[:5]])
+    one_by_one = torch.cat([label_scores(model, [q], cached=False, prefixes=prefixes and prefixes[i : i + 1]) for i, q in enumerate(queries[:5])])
     assert torch.allclose(one_by_one, naive[:5], atol=1e-4)  # padding in a batch changes nothing
     if shots == "max":
         assert len(model.prefix_ids()) + max(map(len, queries)) + 1 <= model.context_length

@@ -2,9 +2,11 @@
 
 A label's score is the log-likelihood of its verbaliser tokens after the shared prefix (the
 instruction and any in-context demonstrations) and the query. The prefix is the same for every
-query, so it runs once: its key/value cache is kept and every query continues from it, and only
-the query and label tokens are computed (`cached=True`). `cached=False` scores the full prompt
-each time, the slow reference the cached path must agree with.
+query, so it runs once: its key/value cache is kept and every query continues from it
+(`cached=True`). Each query then runs once for all the labels: its last position scores every
+label's first token, and only the later tokens of labels of several tokens run again, on the
+query's own cache. `cached=False` scores the full prompt of every (query, label) row, the slow
+reference the cached path must agree with.
 
 How the scores are calibrated against a small model's lean toward some labels is eval/calibration.py.
 """
@@ -42,29 +44,24 @@ def label_scores(model, queries: list[list[int]], cached: bool = True, progress=
 
 def _scores_after(hf, prefix: list[int], queries: list[list[int]], answers: list[list[int]], cached: bool, progress) -> torch.Tensor:
     """(N, L) label scores of queries that all follow `prefix`."""
+    # peft's prompt tuning prepends virtual tokens and ignores position ids: score its rows one
+    # at a time (no padding to place) and without a cache.
+    prompt_tuned = getattr(getattr(hf, "active_peft_config", None), "is_prompt_learning", False)
+    if cached and not prompt_tuned:
+        return _shared_query_scores(hf, prefix, queries, answers, progress)
     # Queries of similar length share a call, so that little of it is padding.
     by_length = sorted(range(len(queries)), key=lambda i: len(queries[i]))
     rows = [(i, label) for i in by_length for label in range(len(answers))]
     longest_answer = max(len(a) for a in answers)
     device = next(hf.parameters()).device
-    # peft's prompt tuning prepends virtual tokens and ignores position ids: score its rows one
-    # at a time (no padding to place) and without a cache.
-    prompt_tuned = getattr(getattr(hf, "active_peft_config", None), "is_prompt_learning", False)
-    cached = cached and not prompt_tuned and len(prefix) > 0
-    past = hf(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values if cached else None
-
-    width = max(len(q) for q in queries) + longest_answer + (0 if cached else len(prefix))
-    per_call = min(
-        LOGITS_BYTES // ((longest_answer + 1) * _vocab(hf) * 4),
-        CACHE_BYTES // max(_cache_bytes(past), 1) if cached else len(rows),
-        TOKENS_PER_CALL // width,
-    )
+    width = max(len(q) for q in queries) + longest_answer + len(prefix)
+    per_call = min(LOGITS_BYTES // ((longest_answer + 1) * _vocab(hf) * 4), TOKENS_PER_CALL // width)
     per_call = 1 if prompt_tuned else max(1, per_call)
     scores = torch.empty(len(queries), len(answers))
     for start in range(0, len(rows), per_call):
         chunk = rows[start : start + per_call]
-        sequences = [([] if cached else prefix) + queries[i] + answers[label] for i, label in chunk]
-        logprobs = _answer_logprobs(hf, sequences, longest_answer + 1, past, len(prefix) if cached else 0, device)
+        sequences = [prefix + queries[i] + answers[label] for i, label in chunk]
+        logprobs = _answer_logprobs(hf, sequences, longest_answer + 1, device)
         for r, (i, label) in enumerate(chunk):
             n = len(answers[label])
             # The last n + 1 positions: the one before the answer predicts its first token, and so on.
@@ -75,22 +72,82 @@ def _scores_after(hf, prefix: list[int], queries: list[list[int]], answers: list
     return scores
 
 
-def _answer_logprobs(hf, sequences: list[list[int]], keep: int, past, past_length: int, device) -> torch.Tensor:
-    """Log-probabilities at the last `keep` positions of each sequence, (R, keep, V).
+def _shared_query_scores(hf, prefix: list[int], queries: list[list[int]], answers: list[list[int]], progress) -> torch.Tensor:
+    """(N, L) label scores, each query computed once on the prefix's cache for all of its labels.
 
-    Sequences are left-padded so that they all end together; explicit position ids keep every real
-    token where it would be unpadded, so padding changes nothing but the batch shape.
+    A query's last position predicts the first token of every label. Labels of several tokens then
+    run their other tokens (all but the last, whose prediction is not needed) as one more row per
+    (query, label) on a copy of that query's cache, right-padded: a real token never attends to
+    the padding after it.
+    """
+    device = next(hf.parameters()).device
+    past = hf(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values if prefix else None
+    longer = [label for label, a in enumerate(answers) if len(a) > 1]
+    tail = max((len(answers[label]) - 1 for label in longer), default=0)
+    by_length = sorted(range(len(queries)), key=lambda i: len(queries[i]))
+    width = len(prefix) + max(len(q) for q in queries) + tail
+    cache_per_query = _cache_bytes(past) / max(len(prefix), 1) * width * (1 + len(longer))
+    per_call = min(
+        TOKENS_PER_CALL // width,
+        int(CACHE_BYTES // max(cache_per_query, 1)),
+        LOGITS_BYTES // (max(tail * len(longer), 1) * _vocab(hf) * 4),
+    )
+    per_call = max(1, per_call)
+    first_ids = torch.tensor([a[0] for a in answers])
+    scores = torch.empty(len(queries), len(answers))
+    for start in range(0, len(by_length), per_call):
+        chunk = by_length[start : start + per_call]
+        ids, mask, positions = _left_padded([queries[i] for i in chunk], len(prefix), device)
+        cache = None
+        if past is not None:
+            cache = copy.deepcopy(past)
+            cache.batch_repeat_interleave(len(chunk))
+            mask = torch.cat([torch.ones(len(chunk), len(prefix), dtype=mask.dtype, device=device), mask], dim=1)
+        out = hf(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=bool(longer),
+                 logits_to_keep=1)  # fmt: skip
+        scores[chunk] = out.logits[:, -1].float().log_softmax(-1).cpu()[:, first_ids]
+        if longer:
+            rows = [(r, label) for r in range(len(chunk)) for label in longer]
+            _add_later_tokens(hf, out.past_key_values, rows, answers, mask, positions[:, -1], scores, chunk, device)
+        if progress:
+            progress.step(n=len(chunk) * len(answers))
+    return scores
+
+
+def _add_later_tokens(hf, cache, rows, answers, mask, last_position, scores, chunk, device) -> None:
+    """Add to `scores` the log-likelihood of every answer token after the first, for (query row, label) `rows`."""
+    which = torch.tensor([r for r, _ in rows], device=device)
+    cache.batch_select_indices(which)
+    tails = [answers[label][:-1] for _, label in rows]
+    width = max(len(t) for t in tails)
+    ids = torch.tensor([t + [0] * (width - len(t)) for t in tails], device=device)
+    tail_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails], device=device)
+    positions = last_position[which, None] + 1 + torch.arange(width, device=device)
+    out = hf(input_ids=ids, attention_mask=torch.cat([mask[which], tail_mask], dim=1), position_ids=positions,
+             past_key_values=cache, use_cache=True)  # fmt: skip
+    logprobs = out.logits.float().log_softmax(-1).cpu()
+    for k, (r, label) in enumerate(rows):
+        later = torch.tensor(answers[label][1:])
+        scores[chunk[r], label] += logprobs[k, : len(later)].gather(-1, later[:, None]).sum()
+
+
+def _left_padded(sequences: list[list[int]], offset: int, device):
+    """Ids, mask and position ids of left-padded sequences that start at position `offset`.
+
+    Explicit position ids keep every real token where it would be unpadded, so padding changes
+    nothing but the batch shape.
     """
     width = max(len(s) for s in sequences)
     ids = torch.tensor([[0] * (width - len(s)) + s for s in sequences], device=device)
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0) + past_length
-    if past is not None:
-        past = copy.deepcopy(past)
-        past.batch_repeat_interleave(len(sequences))
-        mask = torch.cat([torch.ones(len(sequences), past_length, dtype=mask.dtype, device=device), mask], dim=1)
-    out = hf(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=past is not None,
-             logits_to_keep=keep)  # fmt: skip
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0) + offset
+
+
+def _answer_logprobs(hf, sequences: list[list[int]], keep: int, device) -> torch.Tensor:
+    """Log-probabilities at the last `keep` positions of each sequence, (R, keep, V); the sequences
+    are left-padded so that they all end together."""
+    ids, mask, positions = _left_padded(sequences, 0, device)
+    out = hf(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
     return out.logits[:, -keep:].float().log_softmax(-1).cpu()
 
 
