@@ -2,12 +2,13 @@
 key/value cache reused for every query, against scoring every full prompt from scratch.
 
     .venv/bin/python benchmarks/icl_prefix_cache.py                       # 200 test tweets, k = 8: both ways
-    .venv/bin/python benchmarks/icl_prefix_cache.py --accuracy            # + accuracy for k = 0, 8, max, raw and calibrated
     .venv/bin/python benchmarks/icl_prefix_cache.py --queries 20 --repeats 1   # a quick look
 
-Both paths score exactly the same token ids in fp32 and batch (query, label) rows into model calls
-under the same token budget; the only difference is the reused prefix cache. The script checks
-that every prediction agrees and prints the time ratio, medians over --repeats.
+Both paths score exactly the same token ids in fp32. The reference scores each (query, label) row's
+full prompt, rows batched into model calls under a token budget; transferkit computes the prefix
+once and each query once for all of its labels. The script checks that every prediction agrees
+and prints the time ratio, medians over --repeats. Accuracy, every prompt layout and calibration
+mode: icl_calibration.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import os
 import statistics
 import time
 
+from icl_calibration import machine  # the same machine description (CPU flags, threads, versions)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -26,17 +29,19 @@ def setup(dataset: str, shots: str, test_size: int, max_length: int):
     import torch
 
     import transferkit
-    from transferkit.data.splits import load_splits
+    from transferkit import tasks
+    from transferkit.methods import icl
     from transferkit.models import load_model
-    from transferkit.runs import _choose_demonstrations, seed_everything
+    from transferkit.runs import seed_everything
 
     cfg = transferkit.load_config(None, {"model.name": "smollm2-135m", "data.name": dataset, "regime": "icl",
                                          "icl.shots": shots, "data.test_size": test_size, "model.max_length": max_length})  # fmt: skip
     seed_everything(0)
-    splits = load_splits(cfg.data, 0)
-    model = load_model(cfg, splits.label_names).eval()
+    task = tasks.make("causal", cfg)
+    splits = task.read(cfg.data, cfg.train.seed)
+    model = load_model(cfg, task).eval()
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    _choose_demonstrations(cfg, model, splits)
+    icl.prepare(model, task, splits, cfg)
     return cfg, model, splits
 
 
@@ -66,6 +71,7 @@ def speed(args) -> dict:
     agree = (cached_scores.argmax(-1) == naive_scores.argmax(-1)).float().mean().item()
     result = {
         "queries": len(splits.test), "shots": len(model.demos), "prefix_tokens": len(model.prefix_ids()),
+        "answer_tokens": [len(a) for a in model.prompt.answer_ids(model.tokenizer)],
         "cached_s": statistics.median(times["cached"]), "naive_s": statistics.median(times["naive"]),
         "all_cached_s": times["cached"], "all_naive_s": times["naive"],
         "prediction_agreement": agree, "max_score_difference": (cached_scores - naive_scores).abs().max().item(),
@@ -78,48 +84,17 @@ def speed(args) -> dict:
     return result
 
 
-def accuracy(args, save=lambda rows: None) -> list[dict]:
-    from transferkit.eval.causal import _label_metrics
-    from transferkit.eval.scoring import calibrated, label_scores
-
-    rows = []
-    # Many-shot last: its long prefix makes it the slowest row.
-    for shots, dataset in [(k, d) for k in ("0", "8", "max") for d in ("tweet-sentiment", "bbc-news")]:
-        cfg, model, splits = setup(dataset, shots, args.queries, args.max_length)
-        scores, seconds = timed_scores(model, splits, True)
-        free = label_scores(model, [model.prompt.query_ids(model.tokenizer, "N/A", model.max_length)])
-        raw = _label_metrics(scores, splits.test.labels, model.label_names)["accuracy"]
-        cal = _label_metrics(calibrated(scores, free), splits.test.labels, model.label_names)["accuracy"]
-        majority = max(splits.test.labels.count(n) for n in set(splits.test.labels)) / len(splits.test)
-        row = {"dataset": dataset, "shots": len(model.demos), "asked": shots, "prefix_tokens": len(model.prefix_ids()),
-               "accuracy": raw, "accuracy_calibrated": cal, "majority_class": majority, "seconds": seconds}  # fmt: skip
-        rows.append(row)
-        save(rows)  # many-shot rows take minutes on a CPU: keep what is measured
-        print(f"{dataset:<16} k = {row['shots']:>3} ({row['prefix_tokens']:>5} prefix tokens): accuracy {raw:.3f} raw, "
-              f"{cal:.3f} calibrated (majority class {majority:.3f}; {seconds:.0f} s)", flush=True)
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=200, help="test examples scored (default: 200)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each path (default: 3)")
     parser.add_argument("--max-length", type=int, default=64, help="tokens kept of each text (default: 64)")
-    parser.add_argument("--accuracy", action="store_true", help="also accuracy for k = 0, 8 and max, raw and calibrated")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
-    out = {"speed": speed(args)}
-
-    def save(rows: list[dict] | None = None) -> None:
-        if rows is not None:
-            out["accuracy"] = rows
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(out, f, indent=2)
-
-    save()
-    if args.accuracy:
-        accuracy(args, save)
+    out = {"machine": machine(), "speed": speed(args)}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
 
 
 if __name__ == "__main__":

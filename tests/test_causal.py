@@ -221,6 +221,42 @@ def test_l2sp_keeps_weights_near_the_pretrained_ones(tiny_llama, toy_chat_file, 
     assert distance(100.0) < 0.5 * distance(0.0)
 
 
+def test_batched_greedy_answers_equal_transformers_generate_one_prompt_at_a_time(tiny_llama, tmp_path, monkeypatch):
+    """The shared prompt head's cache, batches of unequal lengths and rows leaving at their end token
+    change nothing: every answer is what transformers' generate gives for that prompt alone."""
+    from transferkit.eval import generation
+    from transferkit.eval.generation import generate
+
+    cfg = load_config(None, llama_overrides(tiny_llama, tmp_path / "x.jsonl", tmp_path, "full", task="generate"))
+    model, _ = model_and_task(cfg)
+    model.eval()
+    texts = [c["prompt"] + " and more" * (3 * (i % 4)) for i, c in enumerate(toy_chats(12, seed=5))]  # calls of unequal widths, joined
+    prompts = [model.prompt_tokens(model.chat_prompt([{"role": "user", "content": t}])) for t in texts]
+    assert len(set(map(len, prompts))) > 1
+
+    def alone(eos):
+        answers = []
+        for p in prompts:
+            out = model.hf.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                    max_new_tokens=10, do_sample=False, pad_token_id=model.pad_id, eos_token_id=eos)  # fmt: skip
+            answers.append(model.tokenizer.decode(out[0, len(p) :], skip_special_tokens=True).strip())
+        return answers
+
+    real_join, joined = generation._joined, []
+    monkeypatch.setattr(generation, "_joined", lambda runs, *rest: joined.append(len(runs)) or real_join(runs, *rest))
+    assert generate(model, prompts, 10) == alone(model.tokenizer.eos_token_id)
+    assert joined and joined[0] > 1  # prompts of unequal lengths were prefilled in calls of their own, then joined
+    # A token that some answers say early stands in for the end token: rows leave the batch at different steps.
+    said = [model.hf.generate(input_ids=torch.tensor([p]), max_new_tokens=10, do_sample=False)[0, len(p) :].tolist() for p in prompts]
+    early = next(t for t in said[0][1:6] if sum(t in s for s in said) < len(said))
+    model.tokenizer.eos_token = model.tokenizer.convert_ids_to_tokens(early)
+    ours = generate(model, prompts, 10)
+    assert ours == alone(early) and len(set(map(len, ours))) > 1
+    model.hf.generation_config.repetition_penalty = 1.3  # not a plain argmax: transformers decodes it
+    penalised = generate(model, prompts, 10)
+    assert penalised == alone(early) and penalised != ours
+
+
 PLAIN_PEFT = """
 import json, sys
 from pathlib import Path

@@ -46,7 +46,7 @@ def _scores_after(hf, prefix: list[int], queries: list[list[int]], answers: list
     """(N, L) label scores of queries that all follow `prefix`."""
     # peft's prompt tuning prepends virtual tokens and ignores position ids: score its rows one
     # at a time (no padding to place) and without a cache.
-    prompt_tuned = getattr(getattr(hf, "active_peft_config", None), "is_prompt_learning", False)
+    prompt_tuned = is_prompt_tuned(hf)
     if cached and not prompt_tuned:
         return _shared_query_scores(hf, prefix, queries, answers, progress)
     # Queries of similar length share a call, so that little of it is padding.
@@ -86,7 +86,7 @@ def _shared_query_scores(hf, prefix: list[int], queries: list[list[int]], answer
     tail = max((len(answers[label]) - 1 for label in longer), default=0)
     by_length = sorted(range(len(queries)), key=lambda i: len(queries[i]))
     width = len(prefix) + max(len(q) for q in queries) + tail
-    cache_per_query = _cache_bytes(past) / max(len(prefix), 1) * width * (1 + len(longer))
+    cache_per_query = cache_bytes(past) / max(len(prefix), 1) * width * (1 + len(longer))
     per_call = min(
         TOKENS_PER_CALL // width,
         int(CACHE_BYTES // max(cache_per_query, 1)),
@@ -97,7 +97,7 @@ def _shared_query_scores(hf, prefix: list[int], queries: list[list[int]], answer
     scores = torch.empty(len(queries), len(answers))
     for start in range(0, len(by_length), per_call):
         chunk = by_length[start : start + per_call]
-        ids, mask, positions = _left_padded([queries[i] for i in chunk], len(prefix), device)
+        ids, mask, positions = left_padded([queries[i] for i in chunk], len(prefix), device)
         cache = None
         if past is not None:
             cache = copy.deepcopy(past)
@@ -131,7 +131,7 @@ def _add_later_tokens(hf, cache, rows, answers, mask, last_position, scores, chu
         scores[chunk[r], label] += logprobs[k, : len(later)].gather(-1, later[:, None]).sum()
 
 
-def _left_padded(sequences: list[list[int]], offset: int, device):
+def left_padded(sequences: list[list[int]], offset: int, device):
     """Ids, mask and position ids of left-padded sequences that start at position `offset`.
 
     Explicit position ids keep every real token where it would be unpadded, so padding changes
@@ -146,16 +146,21 @@ def _left_padded(sequences: list[list[int]], offset: int, device):
 def _answer_logprobs(hf, sequences: list[list[int]], keep: int, device) -> torch.Tensor:
     """Log-probabilities at the last `keep` positions of each sequence, (R, keep, V); the sequences
     are left-padded so that they all end together."""
-    ids, mask, positions = _left_padded(sequences, 0, device)
+    ids, mask, positions = left_padded(sequences, 0, device)
     out = hf(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
     return out.logits[:, -keep:].float().log_softmax(-1).cpu()
+
+
+def is_prompt_tuned(hf) -> bool:
+    """A peft prompt-learning model: it prepends virtual tokens and ignores position ids and caches."""
+    return getattr(getattr(hf, "active_peft_config", None), "is_prompt_learning", False)
 
 
 def _vocab(hf) -> int:
     return hf.get_output_embeddings().weight.shape[0]
 
 
-def _cache_bytes(past) -> int:
+def cache_bytes(past) -> int:
     total = 0
     for layer in getattr(past, "layers", []):
         for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
