@@ -35,6 +35,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, progress=None
     and its key/value cache is shared; the rest go in batches of similar length, and a row leaves
     its batch as soon as it says its end-of-sequence token.
     """
+    if not prompts:
+        return []
     hf, eos = model.hf, model.tokenizer.eos_token_id
     was_training = hf.training
     hf.eval()
