@@ -1,10 +1,12 @@
-"""Hyperparameter search for any regime: Optuna's TPE sampler, median pruning on the validation curve.
+"""Hyperparameter search for any regime: Optuna's TPE sampler, successive halving on the validation curve.
 
 Each trial is a `train(..., trial=True)` run: the test split is never encoded or scored, and no model
-is written. A trial reports its validation metric at each validation; the median pruner ends a trial
-whose curve falls below the median of the earlier trials' at the same validation (the run's staging
-folder is removed, as on Ctrl-C). A trial that fails (a loss that became NaN, a setting the model
-refuses) is recorded as failed, with the reason, and the search goes on.
+is written. A trial reports its validation metric at each validation. Successive halving (Jamieson &
+Talwalkar 2016; asynchronous, as in ASHA) lets a trial go on past its 1st, 3rd, 9th, ... validation
+only if it is among the best third of the trials that reached that validation, so most trials cost
+a validation or three and the budget goes to the promising ones (a pruned run's staging folder is
+removed, as on Ctrl-C). A trial that fails (a loss that became NaN, a setting the model refuses) is
+recorded as failed, with the reason, and the search goes on.
 
     runs/tune-<data>-<regime>/
         tune.yaml     the base configuration and the search's own settings
@@ -32,6 +34,7 @@ from .errors import UserError
 from .methods import REGIMES
 
 LOWER_IS_BETTER = ("loss", "loss+general", "rmse", "mae", "perplexity")
+HALVING = 3  # successive halving's reduction factor: rungs at validations 1, 3, 9, ...; a third go on
 
 
 # Each space is centred on the regime's own defaults as resolved for this data (`d`, a RunConfig):
@@ -143,12 +146,13 @@ def tune(base: RunConfig, trials: int | None = 20, minutes: float | None = None,
     search = Search(out, metric, direction)
     try:
         settings = {"regime": base.regime, "metric": metric, "direction": direction, "trials": trials, "minutes": minutes,
-                    "train_size": train_size, "lr_centre": lr_centre, "sampler": "TPE", "pruner": "median"}  # fmt: skip
+                    "train_size": train_size, "lr_centre": lr_centre, "sampler": "TPE",
+                    "pruner": f"successive halving (every {HALVING}x validations, the best 1/{HALVING} go on)"}  # fmt: skip
         folders.write_text(staging / "tune.yaml", f"{folders.SEARCH_HEADER}\n# the search's settings, then the base configuration of every trial\n"
                            + yaml.safe_dump({"search": settings, "base": base.to_dict()}, sort_keys=False, allow_unicode=True))  # fmt: skip
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our row with its reason, not Optuna's traceback
         study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=base.train.seed),
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2))  # not on the first, noisiest validation  # fmt: skip
+                                    pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=HALVING))  # fmt: skip
         deadline = time.monotonic() + minutes * 60 if minutes else None
         objective = _objective(base, setup.cfg, staging, metric, train_size, lr_centre, progress, deadline)
 
