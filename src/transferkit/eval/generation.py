@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from types import SimpleNamespace
 
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from .scoring import cache_bytes, is_prompt_tuned, left_padded
+from .scoring import after_prefix, cache_bytes, is_prompt_tuned, left_padded
 
 
 # Rows per batch are bounded by the key/value cache they hold and by the tokens of their first call.
@@ -120,12 +119,7 @@ def _prefill(hf, past, offset: int, rests: list[list[int]], device):
 
 
 def _prefill_call(hf, past, offset: int, rests: list[list[int]], device):
-    ids, mask, positions = left_padded(rests, offset, device)
-    cache = None
-    if past is not None:
-        cache = copy.deepcopy(past)
-        cache.batch_repeat_interleave(len(rests))
-        mask = torch.cat([torch.ones(len(rests), offset, dtype=mask.dtype, device=device), mask], dim=1)
+    ids, mask, positions, cache = after_prefix(past, offset, rests, device)
     out = hf(input_ids=ids, attention_mask=_unless_all_ones(mask), position_ids=positions, past_key_values=cache, use_cache=True,
              logits_to_keep=1)  # fmt: skip
     return out, out.past_key_values, mask, positions[:, -1]

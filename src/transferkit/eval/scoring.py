@@ -97,12 +97,7 @@ def _shared_query_scores(hf, prefix: list[int], queries: list[list[int]], answer
     scores = torch.empty(len(queries), len(answers))
     for start in range(0, len(by_length), per_call):
         chunk = by_length[start : start + per_call]
-        ids, mask, positions = left_padded([queries[i] for i in chunk], len(prefix), device)
-        cache = None
-        if past is not None:
-            cache = copy.deepcopy(past)
-            cache.batch_repeat_interleave(len(chunk))
-            mask = torch.cat([torch.ones(len(chunk), len(prefix), dtype=mask.dtype, device=device), mask], dim=1)
+        ids, mask, positions, cache = after_prefix(past, len(prefix), [queries[i] for i in chunk], device)
         out = hf(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=bool(longer),
                  logits_to_keep=1)  # fmt: skip
         scores[chunk] = out.logits[:, -1].float().log_softmax(-1).cpu()[:, first_ids]
@@ -141,6 +136,19 @@ def left_padded(sequences: list[list[int]], offset: int, device):
     ids = torch.tensor([[0] * (width - len(s)) + s for s in sequences], device=device)
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0) + offset
+
+
+def after_prefix(past, offset: int, sequences: list[list[int]], device):
+    """Ids, mask, position ids and cache for left-padded `sequences` that continue the `offset`
+    tokens cached in `past` (None: they start at position 0): the cache is a copy, one row per
+    sequence, and the mask covers the prefix too."""
+    ids, mask, positions = left_padded(sequences, offset, device)
+    if past is None:
+        return ids, mask, positions, None
+    cache = copy.deepcopy(past)
+    cache.batch_repeat_interleave(len(sequences))
+    mask = torch.cat([torch.ones(len(sequences), offset, dtype=mask.dtype, device=device), mask], dim=1)
+    return ids, mask, positions, cache
 
 
 def _answer_logprobs(hf, sequences: list[list[int]], keep: int, device) -> torch.Tensor:
