@@ -50,7 +50,8 @@ def test_search_never_sees_the_test_split_and_its_best_yaml_trains(tiny_bert, tm
     rows = []
     search = tune_module.tune(cfg, trials=3, output=tmp_path / "search", on_trial=rows.append)
     assert not any("marker" in text for text in spy_inputs)  # the search encoded and scored no test text
-    assert [r["state"] for r in rows] == ["complete"] * 3 and len(search.trials) == 3
+    # The rate that learns nothing is behind the first trial at its first validation: pruned there.
+    assert [r["state"] for r in rows] == ["complete", "pruned", "complete"] and len(search.trials) == 3
     assert search.best["overrides"]["train.lr"] in (1e-3, 3e-3)  # not the rate that learns nothing
     saved = json.loads((tmp_path / "search" / "tune.json").read_text())
     assert saved["best"]["number"] == search.best["number"] and len(saved["trials"]) == 3
@@ -74,7 +75,7 @@ def test_bad_trials_are_pruned_and_failed_trials_recorded(tiny_bert, toy_csv, tm
     search = tune_module.tune(base(tiny_bert, toy_csv, tmp_path, **{"train.metric": "loss"}), trials=6, output=tmp_path / "search")
     states = [t["state"] for t in search.trials]
     assert states[:4] == ["complete"] * 4
-    assert states[4] == "pruned" and search.trials[4]["pruned_at"] == 1  # not among the best third at its first validation
+    assert states[4] == "pruned" and search.trials[4]["pruned_at"] == 1  # not among the best quarter at its first validation
     assert not (tmp_path / "search" / "trials" / "004").exists()  # a pruned trial leaves nothing half-written
     assert states[5] == "failed" and "lora.r" in search.trials[5]["error"]
     assert "pruned" in (tmp_path / "search" / "tune.md").read_text()

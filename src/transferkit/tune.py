@@ -2,9 +2,9 @@
 
 Each trial is a `train(..., trial=True)` run: the test split is never encoded or scored, and no model
 is written. A trial reports its validation metric at each validation. Successive halving (Jamieson &
-Talwalkar 2016; asynchronous, as in ASHA) lets a trial go on past its 1st, 3rd, 9th, ... validation
-only if it is among the best third of the trials that reached that validation, so most trials cost
-a validation or three and the budget goes to the promising ones (a pruned run's staging folder is
+Talwalkar 2016; asynchronous, as in ASHA) lets a trial go on past its 1st, 4th, 16th, ... validation
+only if it is among the best quarter of the trials that reached that validation (ties broken by the
+validation loss), so most trials cost a validation or four and the budget goes to the promising ones (a pruned run's staging folder is
 removed, as on Ctrl-C). A trial that fails (a loss that became NaN, a setting the model refuses) is
 recorded as failed, with the reason, and the search goes on.
 
@@ -34,7 +34,11 @@ from .errors import UserError
 from .methods import REGIMES
 
 LOWER_IS_BETTER = ("loss", "loss+general", "rmse", "mae", "perplexity")
-HALVING = 3  # successive halving's reduction factor: rungs at validations 1, 3, 9, ...; a third go on
+HALVING = 4  # successive halving's reduction factor: rungs at validations 1, 4, 16, ...; a quarter go on
+# What the pruner ranks a validation by: the metric, ties broken by the validation loss. On a small
+# validation split many trials reach the same accuracy, and a tie is promoted, so without this most
+# of them would run to the end. The tie-break weighs far less than one example's share of the metric.
+TIE_BREAK = 1e-6
 
 
 # Each space is centred on the regime's own defaults as resolved for this data (`d`, a RunConfig):
@@ -147,7 +151,7 @@ def tune(base: RunConfig, trials: int | None = 20, minutes: float | None = None,
     try:
         settings = {"regime": base.regime, "metric": metric, "direction": direction, "trials": trials, "minutes": minutes,
                     "train_size": train_size, "lr_centre": lr_centre, "sampler": "TPE",
-                    "pruner": f"successive halving (every {HALVING}x validations, the best 1/{HALVING} go on)"}  # fmt: skip
+                    "pruner": f"successive halving (every {HALVING}x validations, the best 1/{HALVING} go on; ties broken by validation loss)"}  # fmt: skip
         folders.write_text(staging / "tune.yaml", f"{folders.SEARCH_HEADER}\n# the search's settings, then the base configuration of every trial\n"
                            + yaml.safe_dump({"search": settings, "base": base.to_dict()}, sort_keys=False, allow_unicode=True))  # fmt: skip
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our row with its reason, not Optuna's traceback
@@ -222,7 +226,7 @@ def _objective(base: RunConfig, defaults: RunConfig, staging: Path, metric: str,
             if value is None or not math.isfinite(value):
                 return
             validations[0] += 1
-            trial.report(value, validations[0])
+            trial.report(_ranked(value, record.get("val_loss"), metric), validations[0])
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at validation {validations[0]} ({metric} {value:.4f})")
 
@@ -246,6 +250,13 @@ def _objective(base: RunConfig, defaults: RunConfig, staging: Path, metric: str,
         return float(value)
 
     return objective
+
+
+def _ranked(value: float, loss: float | None, metric: str) -> float:
+    """A validation as the pruner ranks it: the metric, and among equal metrics the lower loss first."""
+    if metric in LOWER_IS_BETTER or loss is None or not math.isfinite(loss):
+        return value
+    return value - TIE_BREAK * min(loss, 100.0)
 
 
 def _row(frozen) -> dict:
