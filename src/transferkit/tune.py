@@ -6,7 +6,8 @@ Talwalkar 2016; asynchronous, as in ASHA) lets a trial go on past its 1st, 4th, 
 only if it is among the best quarter of the trials that reached that validation (ties broken by the
 validation loss), so most trials cost a validation or four and the budget goes to the promising ones (a pruned run's staging folder is
 removed, as on Ctrl-C). A trial that fails (a loss that became NaN, a setting the model refuses) is
-recorded as failed, with the reason, and the search goes on.
+recorded as failed, with the reason, and the search goes on. The first trial is the regime's defaults
+(the space is centred on them), so a search ends with the defaults or something better on validation.
 
     runs/tune-<data>-<regime>/
         tune.yaml     the base configuration and the search's own settings
@@ -94,6 +95,53 @@ SPACES: dict[str, Callable] = {"full": _space_full, "lora": _space_lora, "prompt
                                "freeze": _space_freeze, "scratch": _space_scratch, "icl": _space_icl}  # fmt: skip
 
 
+class _DefaultsTrial:
+    """Walks a search space and answers each suggestion with the value the defaults (`d`) already use,
+    recording those that lie inside the space: the point the search enqueues as its first trial."""
+
+    number = 0  # the trial it becomes
+
+    def __init__(self, d: RunConfig):
+        self.d, self.params = d, {}
+
+    def _default(self, name: str):
+        section, _, key = name.partition(".")
+        if name == "lora.alpha_over_r":
+            return self.d.lora.alpha / self.d.lora.r if self.d.lora.r else None
+        return getattr(getattr(self.d, section, None), key, None)
+
+    def suggest_float(self, name, low, high, log=False):
+        value = self._default(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:
+            self.params[name] = float(value)
+            return float(value)
+        return low
+
+    def suggest_int(self, name, low, high):
+        value = self._default(name)
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            self.params[name] = value
+            return value
+        return low
+
+    def suggest_categorical(self, name, choices):
+        value = self._default(name)
+        match = next((c for c in choices if c == value or str(c) == str(value)), None)
+        if match is None:
+            return choices[0]
+        self.params[name] = match
+        return match
+
+
+def defaults_point(regime: str, d: RunConfig, lr_centre: float | None) -> dict:
+    """The sampled parameters that make `regime`'s search space give the defaults (those of them the
+    space holds): trial 0 of every search, so that the best trial is never worse than the defaults on
+    validation. A default outside the space (a rate beyond an LR finder's range) is left to the sampler."""
+    trial = _DefaultsTrial(d)
+    SPACES[regime](trial, d, lr_centre)
+    return trial.params
+
+
 def _lr(trial, d, centre: float | None) -> float:
     """Log-uniform over a decade either side of the default rate, or of an LR finder's suggestion."""
     centre = centre or d.train.lr
@@ -157,6 +205,7 @@ def tune(base: RunConfig, trials: int | None = 20, minutes: float | None = None,
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is our row with its reason, not Optuna's traceback
         study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=base.train.seed),
                                     pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=HALVING))  # fmt: skip
+        study.enqueue_trial(defaults_point(base.regime, setup.cfg, lr_centre))  # the first trial always runs to its end: make it the defaults
         deadline = time.monotonic() + minutes * 60 if minutes else None
         objective = _objective(base, setup.cfg, staging, metric, train_size, lr_centre, progress, deadline)
 
@@ -226,6 +275,7 @@ def _objective(base: RunConfig, defaults: RunConfig, staging: Path, metric: str,
             if value is None or not math.isfinite(value):
                 return
             validations[0] += 1
+            trial.set_user_attr("last_validation", value)  # a pruned trial's row shows this, not the tie-broken rank
             trial.report(_ranked(value, record.get("val_loss"), metric), validations[0])
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at validation {validations[0]} ({metric} {value:.4f})")
@@ -262,7 +312,8 @@ def _ranked(value: float, loss: float | None, metric: str) -> float:
 def _row(frozen) -> dict:
     state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}.get(frozen.state.name, frozen.state.name.lower())
     overrides = frozen.user_attrs.get("overrides", {})
-    return {"number": frozen.number, "state": state, "value": frozen.value, "params": {k: _value(v) for k, v in overrides.items()},
+    value = frozen.user_attrs.get("last_validation", frozen.value) if state == "pruned" else frozen.value
+    return {"number": frozen.number, "state": state, "value": value, "params": {k: _value(v) for k, v in overrides.items()},
             "sampled": frozen.params, "overrides": overrides, "seconds": frozen.user_attrs.get("seconds"),
             "error": frozen.user_attrs.get("error") or frozen.user_attrs.get("stopped"),
             "pruned_at": max(frozen.intermediate_values) if state == "pruned" and frozen.intermediate_values else None}  # fmt: skip

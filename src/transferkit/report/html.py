@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # no display: draw into memory
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .columns import columns, headline_metric  # noqa: E402
+from ..training.lr_find import HALF_WINDOW  # noqa: E402
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -302,7 +303,7 @@ def range_test_figure(test: dict):
     """The LR range test: loss (raw and smoothed) against a log learning rate, the suggestion marked."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(test["lrs"], test["losses"], lw=0.6, color="#aaa", label="loss")
-    ax.plot(test["lrs"], test["smoothed"], lw=1.5, color="#4c72b0", label="smoothed")
+    ax.plot(test["lrs"], test["smoothed"], lw=1.5, color="#4c72b0", label=f"centred average (±{HALF_WINDOW} steps)")
     if test.get("suggested"):
         ax.axvline(test["suggested"], color="#dd8452", ls="--", label=f"suggested {test['suggested']:.2g}")
     ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="learning-rate range test")
@@ -313,8 +314,8 @@ def range_test_figure(test: dict):
 
 def range_test_report(test: dict, config_text: str) -> str:
     return page("transferkit lr-find", [
-        f"<p>Suggested learning rate: <b>{test['suggested']:.3g}</b> (where the smoothed loss falls fastest, at most a tenth "
-        f"of the rate at its minimum). {len(test['lrs'])} steps, stopped: {test['stopped']}.</p>",
+        f"<p>Suggested learning rate: <b>{test['suggested']:.3g}</b> (where the centred average of the loss falls fastest, "
+        f"before its minimum). {len(test['lrs'])} steps, stopped: {test['stopped']}.</p>",
         "<div class='plots'>", figure_tag(range_test_figure(test), "learning-rate range test"), "</div>",
         "<h2>Configuration</h2>", f"<pre>{html.escape(config_text)}</pre>",
     ])

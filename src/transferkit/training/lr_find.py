@@ -1,11 +1,13 @@
 """The learning-rate range test (Smith 2017, as fastai's and Lightning's LR finders run it).
 
 A short run whose rate rises exponentially from `start` to `end`, one optimizer step per rate, the
-loss recorded at each. The run stops once the smoothed loss passes four times its lowest, or is no
-longer finite. The suggested rate is where the smoothed loss falls fastest (the steepest negative
-slope against log lr), taken only from the stretch before its minimum and capped at a tenth of the
-rate at the minimum: past that, training is already near divergence. The weights are put back as
-they were found.
+loss recorded at each. The run stops once a running mean of the loss passes four times its lowest, or
+the loss is no longer finite. The suggestion is read afterwards, from a centred average of the losses
+(each the mean of the steps within `HALF_WINDOW` of it): the rate where that curve falls fastest,
+before its minimum. The running mean that stops the test trails the rates by about 1/SMOOTHING steps
+(a decade and more of learning rate over 100 steps), which puts its minimum and its steepest stretch
+past the point where the loss itself turns; the centred curve has no such lag. The weights are put
+back as they were found.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from .loop import Progress, _accumulate, _groups, restore, snapshot
 from .optim import param_groups
 
 START, END, STEPS = 1e-7, 1.0, 100
-SMOOTHING = 0.05  # the weight of each new loss in the running mean (fastai's 0.98 momentum)
-DIVERGED = 4.0  # stop once the smoothed loss passes this times its minimum
+SMOOTHING = 0.05  # the weight of each new loss in the running mean that watches for divergence
+DIVERGED = 4.0  # stop once the running mean passes this times its minimum
+HALF_WINDOW = 5  # the suggestion's centred average spans this many steps either side (0.7 decade of 100 steps)
 
 
 @dataclass
@@ -29,6 +32,7 @@ class RangeTest:
     lrs: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     smoothed: list[float] = field(default_factory=list)
+    """The centred average of the losses that the suggestion is read from."""
     suggested: float | None = None
     stopped: str = "end"
     """end (the whole range ran), diverged (the loss took off), or no-data."""
@@ -48,7 +52,7 @@ def range_test(model: nn.Module, train_loader, task, accelerator, stage, cfg, pr
     base = [group["lr"] for group in optimizer.param_groups]  # layer-wise scales, relative to the head's 1.0
     prepared, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     trainable = [p for p in prepared.parameters() if p.requires_grad]
-    result, running = RangeTest(), 0.0
+    result, running, lowest = RangeTest(), 0.0, math.inf
     ratio = (end / start) ** (1 / max(steps - 1, 1))
     progress.start("lr range test", steps)
     try:
@@ -69,12 +73,12 @@ def range_test(model: nn.Module, train_loader, task, accelerator, stage, cfg, pr
                 optimizer.zero_grad(set_to_none=True)
                 running = (1 - SMOOTHING) * running + SMOOTHING * loss
                 # The running mean starts at 0 and is biased toward it for its first steps; divide that out.
-                smoothed = running / (1 - (1 - SMOOTHING) ** (len(result.lrs) + 1))
+                mean = running / (1 - (1 - SMOOTHING) ** (len(result.lrs) + 1))
+                lowest = min(lowest, mean)
                 result.lrs.append(lr)
                 result.losses.append(loss)
-                result.smoothed.append(smoothed)
                 progress.step(loss=loss)
-                if smoothed > DIVERGED * min(result.smoothed):
+                if mean > DIVERGED * lowest:
                     result.stopped = "diverged"
                     break
                 if len(result.lrs) >= steps:
@@ -86,21 +90,24 @@ def range_test(model: nn.Module, train_loader, task, accelerator, stage, cfg, pr
         progress.close()
         restore(model, incoming)
         optimizer.zero_grad(set_to_none=True)
-    result.suggested = suggest(result.lrs, result.smoothed)
+    result.smoothed = centred(result.losses)
+    result.suggested = suggest(result.lrs, result.losses)
     return result
 
 
-def suggest(lrs: list[float], smoothed: list[float]) -> float | None:
-    """The rate of steepest descent of the smoothed loss before its minimum, at most a tenth of the
-    rate at the minimum; None when the curve is too short to say."""
+def centred(losses: list[float], half: int = HALF_WINDOW) -> list[float]:
+    """Each loss replaced by the mean of those within `half` steps of it (fewer at the ends)."""
+    return [sum(window) / len(window) for window in (losses[max(0, i - half) : i + half + 1] for i in range(len(losses)))]
+
+
+def suggest(lrs: list[float], losses: list[float]) -> float | None:
+    """The rate where the centred average of the losses falls fastest (against log lr), before its
+    minimum; None when the curve is too short to say or never falls."""
     if len(lrs) < 5:
         return None
-    lowest = min(range(len(smoothed)), key=smoothed.__getitem__)
-    cap = lrs[lowest] / 10
-    # Skip the first tenth: the running mean is still settling there.
-    first = max(1, len(lrs) // 10)
-    slopes = [(smoothed[i] - smoothed[i - 1]) / (math.log(lrs[i]) - math.log(lrs[i - 1])) for i in range(first, lowest + 1)]
-    if not slopes:
-        return cap if cap > lrs[0] else None
-    steepest = first + min(range(len(slopes)), key=slopes.__getitem__)
-    return min(lrs[steepest], cap) if lrs[steepest] > 0 else None
+    curve = centred(losses)
+    lowest = min(range(len(curve)), key=curve.__getitem__)
+    slopes = [(curve[i] - curve[i - 1]) / (math.log(lrs[i]) - math.log(lrs[i - 1])) for i in range(1, lowest + 1)]
+    if not slopes or min(slopes) >= 0:
+        return None
+    return lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)]
