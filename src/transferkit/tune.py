@@ -4,10 +4,11 @@ Each trial is a `train(..., trial=True)` run: the test split is never encoded or
 is written. A trial reports its validation metric at each validation. Successive halving (Jamieson &
 Talwalkar 2016; asynchronous, as in ASHA) lets a trial go on past its 1st, 4th, 16th, ... validation
 only if it is among the best quarter of the trials that reached that validation (ties broken by the
-validation loss), so most trials cost a validation or four and the budget goes to the promising ones (a pruned run's staging folder is
-removed, as on Ctrl-C). A trial that fails (a loss that became NaN, a setting the model refuses) is
-recorded as failed, with the reason, and the search goes on. The first trial is the regime's defaults
-(the space is centred on them), so a search ends with the defaults or something better on validation.
+validation loss), so most trials cost a validation or four and the budget goes to the promising
+ones (a pruned run's staging folder is removed, as on Ctrl-C). A trial that fails (a loss that
+became NaN, a setting the model refuses) is recorded as failed, with the reason, and the search goes
+on. The first trial is the regime's defaults (the space is centred on them), so a search ends with
+the defaults or something better on validation.
 
     runs/tune-<data>-<regime>/
         tune.yaml     the base configuration and the search's own settings
@@ -110,27 +111,28 @@ class _DefaultsTrial:
             return self.d.lora.alpha / self.d.lora.r if self.d.lora.r else None
         return getattr(getattr(self.d, section, None), key, None)
 
+    def _keep(self, name: str, value, otherwise):
+        """The default when it lies in the space (recorded), else `otherwise` (left to the sampler)."""
+        if value is None:
+            return otherwise
+        self.params[name] = value
+        return value
+
     def suggest_float(self, name, low, high, log=False):
-        value = self._default(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high:
-            self.params[name] = float(value)
-            return float(value)
-        return low
+        value = _number(self._default(name))
+        return self._keep(name, float(value) if value is not None and low <= value <= high else None, low)
 
     def suggest_int(self, name, low, high):
-        value = self._default(name)
-        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
-            self.params[name] = value
-            return value
-        return low
+        value = _number(self._default(name))
+        return self._keep(name, value if isinstance(value, int) and low <= value <= high else None, low)
 
     def suggest_categorical(self, name, choices):
         value = self._default(name)
-        match = next((c for c in choices if c == value or str(c) == str(value)), None)
-        if match is None:
-            return choices[0]
-        self.params[name] = match
-        return match
+        return self._keep(name, next((c for c in choices if c == value or str(c) == str(value)), None), choices[0])
+
+
+def _number(value):
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def defaults_point(regime: str, d: RunConfig, lr_centre: float | None) -> dict:
