@@ -482,8 +482,8 @@ def _range_test(cfg: RunConfig, model, task, stages: list, items: dict, ctx):
     loader = make_loader(data["train"], micro, True, cfg.train.seed, model.pad_id)
     result = range_test(trainee, loader, task, ctx.accelerator, stage, cfg.train, ctx.precision, progress=ctx.progress)
     if result.suggested is None:
-        raise UserError(f"the lr range test could not suggest a rate ({len(result.lrs)} steps ran: too little training data "
-                        "or a loss that diverged at once); give train.lr a number")  # fmt: skip
+        raise UserError(f"the lr range test could not suggest a rate ({len(result.lrs)} steps ran: too little training data, "
+                        "a loss that never fell, or one that diverged at once); give train.lr a number")  # fmt: skip
     return result
 
 
