@@ -34,12 +34,14 @@ from . import folders
 from .config import RunConfig, load_config
 from .errors import UserError
 from .methods import REGIMES
+from .training.loop import ranking
 
 LOWER_IS_BETTER = ("loss", "loss+general", "rmse", "mae", "perplexity")
 HALVING = 4  # successive halving's reduction factor: rungs at validations 1, 4, 16, ...; a quarter go on
-# What the pruner ranks a validation by: the metric, ties broken by the validation loss. On a small
-# validation split many trials reach the same accuracy, and a tie is promoted, so without this most
-# of them would run to the end. The tie-break weighs far less than one example's share of the metric.
+# The pruner ranks validations as early stopping does (`training.loop.ranking`: the metric, ties
+# broken by the validation loss), folded into one number: on a small validation split many trials
+# reach the same accuracy, and Optuna promotes a tie, so without it most of them would run to the
+# end. The loss weighs far less than one example's share of the metric.
 TIE_BREAK = 1e-6
 
 
@@ -58,6 +60,10 @@ def _space_full(trial, d, lr_centre):
 def _space_lora(trial, d, lr_centre):
     r = trial.suggest_categorical("lora.r", [4, 8, 16, 32])
     return {**_space_full(trial, d, lr_centre), "lora.r": r, "lora.alpha": r * trial.suggest_categorical("lora.alpha_over_r", [1, 2, 4])}
+
+
+# Sampled names that are no config field, and how the defaults give them (the defaults trial's walk).
+DERIVED = {"lora.alpha_over_r": lambda d: d.lora.alpha / d.lora.r if d.lora.r else None}
 
 
 def _space_prompt(trial, d, lr_centre):
@@ -106,9 +112,9 @@ class _DefaultsTrial:
         self.d, self.params = d, {}
 
     def _default(self, name: str):
+        if name in DERIVED:
+            return DERIVED[name](self.d)
         section, _, key = name.partition(".")
-        if name == "lora.alpha_over_r":
-            return self.d.lora.alpha / self.d.lora.r if self.d.lora.r else None
         return getattr(getattr(self.d, section, None), key, None)
 
     def _keep(self, name: str, value, otherwise):
@@ -305,10 +311,11 @@ def _objective(base: RunConfig, defaults: RunConfig, staging: Path, metric: str,
 
 
 def _ranked(value: float, loss: float | None, metric: str) -> float:
-    """A validation as the pruner ranks it: the metric, and among equal metrics the lower loss first."""
+    """A validation as the pruner ranks it: `ranking`'s tie-break by the loss, folded into the metric."""
     if metric in LOWER_IS_BETTER or loss is None or not math.isfinite(loss):
         return value
-    return value - TIE_BREAK * min(loss, 100.0)
+    primary, tie = ranking(metric, {metric: value, "loss": loss})
+    return primary + TIE_BREAK * max(tie, -100.0)
 
 
 def _row(frozen) -> dict:

@@ -18,7 +18,6 @@ matplotlib.use("Agg")  # no display: draw into memory
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .columns import columns, headline_metric  # noqa: E402
-from ..training.lr_find import HALF_WINDOW  # noqa: E402
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -303,7 +302,7 @@ def range_test_figure(test: dict):
     """The LR range test: loss (raw and smoothed) against a log learning rate, the suggestion marked."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(test["lrs"], test["losses"], lw=0.6, color="#aaa", label="loss")
-    ax.plot(test["lrs"], test["smoothed"], lw=1.5, color="#4c72b0", label=f"centred average (±{HALF_WINDOW} steps)")
+    ax.plot(test["lrs"], test["smoothed"], lw=1.5, color="#4c72b0", label="centred average")
     if test.get("suggested"):
         ax.axvline(test["suggested"], color="#dd8452", ls="--", label=f"suggested {test['suggested']:.2g}")
     ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="learning-rate range test")

@@ -250,6 +250,17 @@ def _share(batch: dict, rank: int, processes: int) -> tuple[dict, float]:
     return {k: v[:1] for k, v in batch.items()}, 0.0
 
 
+def ranking(metric: str, metrics: dict) -> tuple[float, ...]:
+    """How validations are ranked, higher first (early stopping here, a search's pruner in tune.py).
+    Accuracy, F1 and the like often tie on a small validation set (with the incoming weights too,
+    whose head may be untrained): the lower loss breaks the tie."""
+    if metric == "loss+general":
+        return (-(metrics["loss"] + metrics["general_loss"]),)
+    if metric == "loss":
+        return (-metrics["loss"],)
+    return metrics[metric], -metrics["loss"]
+
+
 class _Best:
     """The best validated weights so far, for early stopping and the final restore."""
 
@@ -272,13 +283,7 @@ class _Best:
         return {"score": list(self.score), "step": self.step, "metrics": self.metrics, "stale": self.stale}
 
     def _score(self, metrics: dict) -> tuple[float, ...]:
-        """Higher is better. Accuracy, F1 and the like often tie on a small validation set (with the
-        incoming weights too, whose head may be untrained): the lower loss breaks the tie."""
-        if self.metric == "loss+general":
-            return (-(metrics["loss"] + metrics["general_loss"]),)
-        if self.metric == "loss":
-            return (-metrics["loss"],)
-        return metrics[self.metric], -metrics["loss"]
+        return ranking(self.metric, metrics)
 
     def update(self, model: nn.Module, step: int, metrics: dict) -> bool:
         """Keep the weights if they validate best; True when patience has run out."""
