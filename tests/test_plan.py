@@ -4,6 +4,8 @@ figures, the search for a change that fits, advice, the CLI contract, and (slow)
 from __future__ import annotations
 
 import json
+import random
+import re
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,16 @@ def test_parameter_count_is_exact(family):
     assert arch.parameters("classify", 3) == numel(T.AutoModelForSequenceClassification.from_config(config))
     if arch.kind == "decoder":
         assert arch.parameters("lm") == numel(T.AutoModelForCausalLM.from_config(config))
+    built = 0
+    for task, auto, labels in (("span", T.AutoModelForQuestionAnswering, 2), ("token", T.AutoModelForTokenClassification, 3)):
+        config.num_labels = labels  # a span head's two outputs: start and end
+        try:
+            model = auto.from_config(config)
+        except ValueError:  # transformers has no such head for this family
+            continue
+        assert arch.parameters(task, 3) == numel(model), task
+        built += 1
+    assert built or arch.kind == "decoder"  # every encoder family has both token-level heads
 
 
 def write_config(folder: Path, **fields) -> Path:
@@ -375,6 +387,48 @@ def test_cli_advice_from_a_data_file(capsys, tiny_folder, toy_csv):
     assert "recommended:" in out and "because:" in out
 
 
+def test_plan_counts_the_windows_a_qa_file_makes_and_caches_a_span_heads_features_per_token(capsys, tiny_folder, tmp_path):
+    from helpers import FILLER, FRUIT
+
+    rng = random.Random(3)
+    articles, questions, contexts = [], [], []
+    for a in range(12):
+        words = rng.choices(FILLER, k=rng.randrange(5, 40))
+        fruit = rng.choice(FRUIT)
+        context = " ".join(words) + " " + fruit
+        qa = {"id": str(a), "question": "fruit", "answers": [{"text": fruit, "answer_start": len(context) - len(fruit)}]}
+        articles.append({"title": str(a), "paragraphs": [{"context": context, "qas": [qa]}]})
+        questions.append("fruit")
+        contexts.append(context)
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps({"version": "1.1", "data": articles}), encoding="utf-8")
+    tokenizer = T.AutoTokenizer.from_pretrained(tiny_folder)
+    expected = len(tokenizer(questions, contexts, truncation="only_second", max_length=24, stride=6,
+                             return_overflowing_tokens=True)["input_ids"])  # fmt: skip
+    assert expected > 12  # some contexts take several windows
+    argv = ["--model", str(tiny_folder), "--data", str(data), "--task", "qa", "--seq", "24", "--stride", "6", "--device", "cpu"]
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0, out
+    assert "data: 12 questions" in out and f"12 questions make about {expected} windows of 24 tokens (stride 6" in out
+    assert "span head" in out and re.search(r"- [a-z, ]*\bprompt\b[a-z, ]* cannot train this task's head", out)
+    assert "prompt" in re.search(r"not applicable: *(.*)", out).group(1)
+    code, out, _ = run_cli(capsys, *argv, "--regime", "freeze", "--json")
+    freeze = json.loads(out)["plans"]["freeze"]
+    assert freeze["feature_cache"] == expected * 24 * 32 * 4  # fp32 features of every token of every window
+    # the default window is qa.max_length's
+    code, out, _ = run_cli(capsys, "--model", str(tiny_folder), "--task", "qa", "--regime", "full", "--device", "cpu")
+    assert code == 0 and "16 examples x 384 tokens" in out
+
+
+def test_plan_reads_tagged_sentences_and_sizes_the_token_head_by_their_tags(capsys, tiny_folder, tmp_path):
+    data = tmp_path / "ner.conll"
+    data.write_text("apple B-FRUIT\npie I-FRUIT\nis O\n\nbus B-VEHICLE\n\ncar B-VEHICLE\nstop I-VEHICLE\n", encoding="utf-8")
+    code, out, _ = run_cli(capsys, "--model", str(tiny_folder), "--data", str(data), "--task", "tokens")
+    assert code == 0, out
+    assert "data: 3 tagged sentences" in out and "a 5-tag token head" in out  # O and B-/I- of two types
+    assert "only 3 tagged sentences" in out  # the few-examples rule, in the task's own words
+
+
 @pytest.mark.skipif(not assets.MODELS["minilm-l6"].installed, reason="MiniLM is not installed")
 def test_cli_advice_from_a_size_alone(capsys):
     code, out, _ = run_cli(capsys, "--model", "minilm-l6", "--examples", "20", "--classes", "4")
@@ -394,6 +448,8 @@ def test_cli_advice_from_a_size_alone(capsys):
         (["--processes", "0"], ["--processes", "at least 1"]),
         (["--processes", "two"], ["--processes", "two"]),
         (["--sharding", "foo"], ["--sharding", "none, fsdp", "foo"]),
+        (["--task", "qa", "--seq", "64", "--stride", "32"], ["--stride (32)", "half of --seq (64)"]),
+        (["--task", "spans"], ["--task", "qa", "'spans'"]),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(capsys, tiny_folder, argv, words):

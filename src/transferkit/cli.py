@@ -15,6 +15,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+from .config import QAConfig
 from .errors import UserError
 
 EXAMPLES = {
@@ -187,12 +188,16 @@ def cmd_plan(args) -> None:
 
     from .planning.advice import Facts, advise, read_curve
     from .planning.architecture import from_config, load_config
+    from .planning.data import plan_task, summarise
     from .planning.fixes import cheapest_fix, lowest_memory
     from .planning.memory import REGIMES, Setup, parse_memory, plan
     from .report.plan import assumptions, devices_needed, format_advice, format_devices, format_plans
 
     budget = parse_memory(args.gpu_memory) if args.gpu_memory is not None else None
-    data = _plan_data(args)
+    task = plan_task(args.task, args.data)
+    seq = args.seq or task.seq
+    task.check(seq, args.stride)
+    data = summarise(args, task, seq)
     curve = read_curve(args.learning_curve) if args.learning_curve else []
     if curve and data is None:
         raise UserError("--learning-curve needs the size of your data: pass --data or --examples")
@@ -203,14 +208,14 @@ def cmd_plan(args) -> None:
         precision=args.precision,
         optimizer=args.optimizer,
         batch_size=args.batch,
-        seq_len=args.seq,
+        seq_len=seq,
         gradient_checkpointing=args.gradient_checkpointing,
         lora_r=args.lora_r,
         lora_targets=targets,
-        task=PLAN_HEADS.get(args.task, args.task),
-        num_labels=args.labels or (len(data.class_counts) if data else 2),
+        task=task.head,
+        num_labels=args.labels or (data.labels if data else 2),
         device=args.device,
-        examples=data.examples if data else None,
+        examples=data.inputs if data else None,
         processes=args.processes,
         sharding=args.sharding,
     )
@@ -230,7 +235,8 @@ def cmd_plan(args) -> None:
 
         fewest = {r: None if found[0] is None else found[0].setup.processes for r, found in needed.items()}
         facts = Facts(
-            data, arch.parameters(setup.task, setup.num_labels), arch.is_decoder, plans, budget, curve, tuple(REGIMES), fewest
+            data, arch.parameters(setup.task, setup.num_labels), arch.is_decoder, plans, budget, curve, tuple(REGIMES), fewest,
+            not_for_task=task.unserved(REGIMES),
         )
         advice = advise(facts)
     if args.json:
@@ -271,53 +277,6 @@ def _fewest_json(found) -> dict:
         "peak_per_device": None if as_is is None else as_is.peak,
         "with_gradient_checkpointing": None if checkpointed is None else checkpointed.setup.processes,
     }
-
-
-# The planner sizes heads, not tasks: every sequence-level task has a linear head of --labels outputs.
-PLAN_HEADS = {"regress": "classify", "multilabel": "classify", "generate": "lm"}
-
-
-def _plan_data(args):
-    """The data's summary for `plan`: from --data (counted, and its text measured against the
-    model's tokenizer) or from --examples/--classes; None without either."""
-    from .planning.advice import DataSummary
-
-    if args.data is not None and args.examples is not None:
-        raise UserError("give either --data FILE or --examples N (the data's size), not both")
-    if args.examples is not None:
-        if args.examples < 1 or (args.classes or 2) < 1:
-            raise UserError("--examples and --classes must be at least 1")
-        return DataSummary.balanced(args.examples, args.classes or 2)
-    if args.classes is not None:
-        raise UserError("--classes goes with --examples; with --data the classes are counted from the labels")
-    if args.data is None:
-        return None
-    from .assets import DATASETS
-    from .data.builtin import read_builtin
-    from .data.tables import labelled_examples
-
-    if args.data in DATASETS:
-        examples = read_builtin(args.data)
-    else:
-        examples = labelled_examples(args.data, args.text_column or "text", args.label_column or "label")
-    return DataSummary.from_labels(examples.labels, _domain_shift(args.model, examples.inputs))
-
-
-def _domain_shift(model: str, texts: list[str]):
-    """How the model's tokenizer splits the texts; None where the model folder has no usable tokenizer."""
-    from transformers import AutoTokenizer
-
-    from .planning.advice import measure_shift
-    from .planning.architecture import locate
-    from .models.text import quiet_transformers
-
-    quiet_transformers()
-    folder, gguf = locate(model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf} if gguf else {}))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return measure_shift(tokenizer, texts) if tokenizer.is_fast else None
 
 
 def _check_batch_and_json(args) -> None:
@@ -618,12 +577,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="mixed-bf16", help="fp32, mixed-bf16, mixed-fp16, bf16, int8 or int4 (default: mixed-bf16)")
     p.add_argument("--optimizer", default="adamw", help="adamw, adamw-8bit or sgd (default: adamw)")
     p.add_argument("--batch", type=int, default=16, help="examples per forward pass (default: 16)")
-    p.add_argument("--seq", type=int, default=128, help="tokens per example (default: 128, transferkit's model.max_length)")
+    p.add_argument("--seq", type=int, help="tokens per example (default: 128, transferkit's model.max_length; with --task qa "
+                   "384, qa.max_length: tokens per window)")
+    p.add_argument("--stride", type=int, default=QAConfig.stride, help="with --task qa: context tokens that consecutive "
+                   f"windows share (default: {QAConfig.stride}, qa.stride)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute each block in the backward pass")
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default: 16)")
     p.add_argument("--lora-targets", help="comma-separated linear-layer names for LoRA (default: all linear layers)")
-    p.add_argument("--task", default="classify", help="classify, regress or multilabel (a sequence head; --labels outputs), "
-                   "or lm / generate (next-token prediction)")
+    p.add_argument("--task", help="classify, regress or multilabel (a sequence head; --labels outputs), qa (a span head on "
+                   "windows of --seq tokens), tokens (a tag per token), or lm / generate (next-token prediction) (default: a "
+                   "built-in dataset's own, else classify)")
     p.add_argument("--labels", type=int, help="number of classes (default: counted from --data, else 2)")
     p.add_argument("--device", default="cuda", help="cuda or cpu: which kernels the plan assumes (default: cuda)")
     p.add_argument("--gpu-memory", help="memory budget per device: 24GiB, 24GB (10^9 bytes), 80G or 24 (GiB)")

@@ -131,6 +131,11 @@ def outside_blocks_bytes(arch: Architecture, s) -> float:
     """Bytes per token kept outside the blocks: embedding norm, final norm, head, LM logits."""
     c, f = sizes(s)
     total = 0.0
+    if s.task in ("span", "token"):
+        # A token-level head's input, after its dropout, is kept for its weight's gradient; its
+        # logits and their log-softmax (fp32) for the loss.
+        outputs = 2 if s.task == "span" else s.num_labels
+        total += arch.hidden * (c if s.mixed else f) + 8 * outputs
     if arch.kind == "encoder":
         if s.regime in ("full", "prompt"):  # gradients reach the embedding LayerNorm
             total += arch.hidden * f + 8 + (arch.hidden * (1 if s.device == "cuda" else f) if arch.hidden_dropout else 0)
@@ -138,7 +143,7 @@ def outside_blocks_bytes(arch: Architecture, s) -> float:
     total += arch.hidden * 4 + 4  # final norm input (fp32)
     if s.regime == "full":
         total += arch.hidden * f  # normalised values, for the norm weight's gradient
-    if s.task == "classify" or s.regime == "full":
+    if s.task == "classify" or (s.regime == "full" and s.task == "lm"):
         total += arch.hidden * (c if s.mixed else f)  # input of the head
     if s.task == "lm":
         # The logits stay in the model's output; the loss upcasts them to fp32 and keeps its log-softmax.

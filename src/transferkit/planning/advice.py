@@ -62,18 +62,48 @@ class DomainShift:
 
 
 @dataclass
+class Windows:
+    """How extractive QA's questions become windows of the model's input (measured on a sample)."""
+
+    per_question: float
+    outside_share: float
+    """Share of answerable questions whose first answer lies whole in none of their windows."""
+    measured: int
+    """Questions the two figures were measured on."""
+    max_length: int
+    stride: int
+
+
+@dataclass
 class DataSummary:
     examples: int
     class_counts: dict[str, int]
+    """Examples per class; empty where the task has no classes (question answering, tagging)."""
     shift: DomainShift | None = None
+    unit: str = "labelled examples"
+    """What one example is, in words: labelled examples, questions, tagged sentences."""
+    windows: Windows | None = None
+    """Question answering: the windows the questions make at qa.max_length."""
+    tags: int | None = None
+    """Tagging: the distinct tags (the token head's outputs)."""
+
+    @property
+    def labels(self) -> int:
+        """Outputs of the task head: tags, classes, or 2 where the task has neither."""
+        return self.tags or len(self.class_counts) or 2
 
     @property
     def smallest(self) -> int:
-        return min(self.class_counts.values())
+        return min(self.class_counts.values(), default=self.examples)
 
     @property
     def largest(self) -> int:
-        return max(self.class_counts.values())
+        return max(self.class_counts.values(), default=self.examples)
+
+    @property
+    def inputs(self) -> int:
+        """Inputs the model sees per pass over the data: windows for QA, else the examples."""
+        return self.examples if self.windows is None else round(self.examples * self.windows.per_question)
 
     @classmethod
     def from_labels(cls, labels: list[str], shift: DomainShift | None = None) -> DataSummary:
@@ -107,6 +137,8 @@ class Facts:
     """Regimes transferkit can run today."""
     fewest_processes: dict[str, int | None] = field(default_factory=dict)
     """regime -> the fewest FSDP processes on which it fits the budget (None: no count does)."""
+    not_for_task: tuple[str, ...] = ()
+    """Regimes transferkit has that cannot train this task's head (prompt tuning on a span head)."""
 
 
 @dataclass
@@ -138,7 +170,7 @@ def _few_examples(f: Facts) -> Finding | None:
         return None
     return Finding(
         "few labelled examples",
-        f"only {d.examples:,} labelled examples ({d.smallest:,} in the smallest class): too few to move millions of "
+        f"only {d.examples:,} {d.unit}{f' ({d.smallest:,} in the smallest class)' if d.class_counts else ''}: too few to move millions of "
         "weights reliably (fine-tuning on small data swings from seed to seed: Dodge et al. 2020, Mosbach et al. 2021). "
         "Use them as in-context examples, for a soft prompt, or to fit a head on frozen features.",
         {"icl": +1, "prompt": +1, "freeze": +1, "full": -1},
@@ -151,7 +183,7 @@ def _enough_examples(f: Facts) -> Finding | None:
         return None
     return Finding(
         "enough to fine-tune",
-        f"{d.examples:,} labelled examples: enough to fine-tune. At this size, LoRA or staged training (head first, "
+        f"{d.examples:,} {d.unit}: enough to fine-tune. At this size, LoRA or staged training (head first, "
         "then everything at a lower rate: LP-FT, Kumar et al. 2022) adapt the model while keeping its pre-trained "
         "features, and full fine-tuning starts to pay off.",
         {"lora": +1, "staged": +1, "full": +1},
@@ -164,7 +196,7 @@ def _many_examples(f: Facts) -> Finding | None:
         return None
     return Finding(
         "many labelled examples",
-        f"{d.examples:,} labelled examples: enough to train every weight; a frozen backbone or a soft prompt leaves "
+        f"{d.examples:,} {d.unit}: enough to train every weight; a frozen backbone or a soft prompt leaves "
         "accuracy unused, and a prompt holds a few dozen examples at most, so in-context learning would waste the rest.",
         {"full": +1, "staged": +1, "freeze": -1, "prompt": -1, "icl": -1},
     )
@@ -280,7 +312,7 @@ def advise(facts: Facts) -> Advice:
     score = {r: sum(f.votes.get(r, 0) for f in findings) for r in REGIMES}
     for regime in REGIMES:
         plan = _plan_for(facts, regime)
-        if regime == "icl" and not facts.decoder:
+        if (regime == "icl" and not facts.decoder) or regime in facts.not_for_task:
             verdicts[regime] = "not applicable"
         elif plan is not None and facts.budget is not None and not plan.fits(facts.budget):
             verdicts[regime] = "does not fit"
@@ -292,6 +324,17 @@ def advise(facts: Facts) -> Advice:
             verdicts[regime] = "not advised"
     if not facts.decoder:
         notes.append("in-context learning needs a generative (decoder) model; this one is an encoder")
+    unserved = [r for r in facts.not_for_task if facts.decoder or r != "icl"]  # an encoder's icl has its note above
+    if unserved:
+        notes.append(f"{', '.join(unserved)} cannot train this task's head")
+    w = facts.data.windows
+    if w is not None:
+        notes.append(f"{facts.data.examples:,} questions make about {facts.data.inputs:,} windows of {w.max_length} tokens "
+                     f"(stride {w.stride}; {w.per_question:.2f} per question, measured on {w.measured:,}): a pass over the "
+                     "data costs per window")  # fmt: skip
+        if w.outside_share > 0:
+            notes.append(f"{w.outside_share:.1%} of the answers lie whole in no window, so training labels them as no answer; "
+                         "raise qa.max_length or qa.stride if that share matters")  # fmt: skip
     missing = [r for r in REGIMES if r not in facts.available and verdicts[r] != "not applicable"]
     if missing:
         notes.append(f"not in transferkit yet: {', '.join(missing)}")

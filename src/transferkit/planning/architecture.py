@@ -95,12 +95,18 @@ class Architecture:
         return self.embedding + self.layers * self.block_parameters + self.final_norm
 
     def head(self, task: str, num_labels: int) -> int:
-        """Parameters of the task head: "classify" (a sequence classifier), "lm" or "none"."""
+        """Parameters of the task head: "classify" (a sequence classifier), "span" (extractive QA's
+        start and end logits per token), "token" (a tag per token), "lm" or "none"."""
         h, k = self.hidden, num_labels
         if task == "none":
             return self.pooler
         if task == "lm":
             return 0 if self.tied_embeddings else self.vocab * h
+        # Token-level heads are one linear layer on every token; an encoder drops its pooler for them.
+        if task == "span":
+            return h * 2 + 2
+        if task == "token":
+            return h * k + k
         if self.kind == "decoder":
             return h * k  # `score`: one bias-free linear layer on the last token
         # BERT keeps its pooler as the hidden layer of its head; the others add a dense layer.

@@ -33,7 +33,8 @@ from ..methods import lora, prompt
 REGIMES = ("full", "freeze", "lora", "prompt")
 PRECISIONS = ("fp32", "mixed-bf16", "mixed-fp16", "bf16", "int8", "int4")
 OPTIMIZERS = ("adamw", "adamw-8bit", "sgd")
-TASKS = ("classify", "lm")
+TASKS = ("classify", "span", "token", "lm")
+TOKEN_HEADS = ("span", "token")  # a linear layer on every token (extractive QA, tagging)
 DEVICES = ("cuda", "cpu")
 SHARDINGS = ("none", "fsdp")
 
@@ -73,7 +74,8 @@ class Setup:
     prompt_tokens: int = prompt.Config.num_virtual_tokens
     """Soft-prompt length (transferkit's default, `methods/prompt.py`)."""
     task: str = "classify"
-    """classify (a sequence classifier, what `transferkit train` fits) or lm (next-token logits)."""
+    """classify (a sequence classifier), span (extractive QA: start and end logits per token),
+    token (a tag per token) or lm (next-token logits)."""
     num_labels: int = 2
     device: str = "cuda"
     """cuda or cpu: which attention kernel and dropout masks autograd keeps differ."""
@@ -193,9 +195,9 @@ def plan(arch: Architecture, setup: Setup) -> Plan:
     """The memory plan of `setup` on `arch`."""
     s = setup
     total = arch.parameters(s.task, s.num_labels)
-    # A classifier's head always trains; an LM head trains only in full fine-tuning (or alone,
-    # in the frozen regime, when it is not tied to the embeddings).
-    head = arch.head(s.task, s.num_labels) if s.task == "classify" or s.regime == "freeze" else 0
+    # A task head always trains; an LM head trains only in full fine-tuning (or alone, in the
+    # frozen regime, when it is not tied to the embeddings).
+    head = arch.head(s.task, s.num_labels) if s.task != "lm" or s.regime == "freeze" else 0
     model_bytes = 4 if s.precision == "fp32" or s.mixed else 2  # a weight that is not quantised
     # (count, bytes per value) of what trains: gradients and optimizer state take the parameter's dtype.
     groups, extra_weights = _trainable_groups(arch, s, head, model_bytes)
@@ -219,8 +221,9 @@ def plan(arch: Architecture, setup: Setup) -> Plan:
     if s.regime == "freeze":
         activations = inference_bytes(arch, s)
         if s.examples:
-            cache = s.examples * arch.hidden * 4  # fp32 features, moved to host memory
-        work = s.batch_size * 4 * arch.hidden  # the head's own backward pass: tiny
+            # fp32 features, moved to host memory: one vector per example, or per token for a token-level head.
+            cache = s.examples * arch.hidden * 4 * (s.seq_len if s.task in TOKEN_HEADS else 1)
+        work = s.batch_size * 4 * arch.hidden * (s.seq_len if s.task in TOKEN_HEADS else 1)  # the head's own backward pass
         on_device_cache = cache if s.device == "cpu" else 0
         caching = weights + activations + gathered + buckets
         head_training = weights + on_device_cache + gradients + optimizer + step_work + buckets
@@ -308,7 +311,7 @@ def _weight_copies(arch: Architecture, s: Setup) -> int:
         return 0
     # Autocast casts each linear weight to 16 bits, and the cast is kept for the backward pass
     # (it is needed for the input gradients even where the weight is frozen).
-    head_linear = arch.head(s.task, s.num_labels) if s.task == "classify" else 0
+    head_linear = arch.head(s.task, s.num_labels) if s.task != "lm" else 0
     return 2 * (arch.block_linear_weights + head_linear)
 
 

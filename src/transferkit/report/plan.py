@@ -45,7 +45,8 @@ def count(n: int) -> str:
 
 def describe(arch: Architecture, s: Setup) -> str:
     heads = f"{arch.heads} heads" + (f" ({arch.kv_heads} key/value)" if arch.kv_heads != arch.heads else "")
-    head = {"classify": f"a {s.num_labels}-way classifier head", "lm": "a language-model head"}[s.task]
+    head = {"classify": f"a {s.num_labels}-way classifier head", "span": "a span head (start and end logits per token)",
+            "token": f"a {s.num_labels}-tag token head", "lm": "a language-model head"}[s.task]  # fmt: skip
     return (
         f"{arch.model_type} {arch.kind}: {arch.layers} blocks, hidden {arch.hidden}, {heads}, MLP {arch.intermediate}, "
         f"vocabulary {arch.vocab:,}; {arch.parameters(s.task, s.num_labels):,} parameters with {head}"
@@ -205,7 +206,8 @@ def format_devices(arch: Architecture, regime: str, s: Setup, budget: int, found
 def format_advice(data: DataSummary, advice: Advice) -> str:
     counts = ", ".join(f"{name} {n:,}" for name, n in list(data.class_counts.items())[:8])
     more = ", ..." if len(data.class_counts) > 8 else ""
-    lines = [f"data: {data.examples:,} labelled examples in {len(data.class_counts)} classes ({counts}{more})"]
+    classes = f" in {len(data.class_counts)} classes ({counts}{more})" if data.class_counts else ""
+    lines = [f"data: {data.examples:,} {data.unit}{classes}"]
     if data.shift is not None:
         s = data.shift
         lines.append(
