@@ -137,6 +137,9 @@ def test_answers_in_a_later_window_of_a_long_context_are_found(tiny_bert, tmp_pa
                                                                                  "qa.max_length": 24, "qa.stride": 6}))  # fmt: skip
     windows = run.metrics["windows"]["test"]
     assert windows["windows"] >= 2 * windows["questions"] and windows["answers_outside"] == 0, windows
+    report = (run.dir / "report.html").read_text()  # the windows table: split, questions, windows, per question, outside, share
+    assert "qa.max_length 24, qa.stride 6" in report
+    assert f"<td>test</td><td>{windows['questions']:,}</td><td>{windows['windows']:,}</td>" in report, report[:2000]
     assert run.metrics["test"]["f1"] > 70, run.metrics["test"]
     # a question whose answer is only in the last window of its context, and the plain load's answer to it
     words = ["the"] * 28 + ["plum", "red"]

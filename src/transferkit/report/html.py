@@ -121,6 +121,8 @@ def run_report(metrics: dict, records: list[dict], config_text: str) -> str:
     if "per_target" in test:
         keys = list(next(iter(test["per_target"].values())))
         sections.append(table(["target", *keys], [[n, *[f"{m[k]:.4f}" for k in keys]] for n, m in test["per_target"].items()]))
+    if metrics.get("windows"):
+        sections += ["<h2>Windows</h2>", windows_table(metrics["windows"], metrics.get("windowing", {}))]
     if metrics.get("prompt"):
         p = metrics["prompt"]
         sections.append(f"<p>Prompt: {p['shots']} demonstrations, {p['prefix_tokens']} prefix tokens, calibrated: {p['calibrated']}.</p>")
@@ -143,6 +145,15 @@ def run_report(metrics: dict, records: list[dict], config_text: str) -> str:
         *sections, "<h2>Training</h2>", *plots,
         "<h2>Configuration</h2>", f"<pre>{html.escape(config_text)}</pre>",
     ])
+
+
+def windows_table(windows: dict, windowing: dict) -> str:
+    """Extractive QA: the windows each split's questions made, and the answers no window holds whole
+    (trained as no answer, and unanswerable at test): a high share says max_length/stride cut answers."""
+    setting = f"<p>qa.max_length {windowing['max_length']}, qa.stride {windowing['stride']}.</p>" if windowing else ""
+    rows = [[split, f"{w['questions']:,}", f"{w['windows']:,}", f"{w['windows'] / max(w['questions'], 1):.2f}",
+             f"{w['answers_outside']:,}", f"{w['outside_share']:.1%}"] for split, w in windows.items()]  # fmt: skip
+    return setting + table(["split", "questions", "windows", "windows per question", "answers outside every window", "share"], rows)
 
 
 def scatter_figure(scatter: dict):

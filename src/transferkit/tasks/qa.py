@@ -226,7 +226,7 @@ class QuestionAnswering:
         from ..training.loop import evaluate
 
         metrics = evaluate(model, eval_loader(items, model.pad_id), self, ctx.accelerator, "fp32")
-        return metrics, {"windows": dict(self.windows)}
+        return metrics, {"windows": dict(self.windows), "windowing": {"max_length": self.max_length, "stride": self.stride}}
 
     def predict(self, model, examples, ctx=None, detail: bool = False) -> dict[str, list]:
         """The answer of each question in its context: text, character offset (-1: none), probability."""
