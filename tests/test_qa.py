@@ -220,3 +220,42 @@ def _squad(context="my red plum", question="which fruit", text="plum", start=7, 
 ])  # fmt: skip
 def test_bad_qa_files_stop_in_one_line_exit_2(name, content, words, tiny_bert, tmp_path, capsys):
     check_bad_file_refused(capsys, tmp_path, name, content, words, lambda data, out: quick(tiny_bert, data, out, "full", **{"train.epochs": 1}))
+
+
+# --- a causal LM on the same questions ------------------------------------------------------------------
+
+
+def test_a_causal_lm_learns_to_answer_in_its_own_words_scored_as_the_span_head_is(tiny_llama, squad, tmp_path, capsys):
+    from helpers import llama_overrides
+
+    common = {"task": "qa", "model.max_length": 64, "train.lr": 3e-3, "train.epochs": 20}
+    zero = train(None, llama_overrides(tiny_llama, squad, tmp_path / "zero", "icl", **common, **{"icl.shots": 0}))
+    tuned = train(None, llama_overrides(tiny_llama, squad, tmp_path / "full", "full", **common))
+    for run in (zero, tuned):  # the span head's columns: F1 and exact match over every test question
+        assert run.metrics["test"]["examples"] == run.metrics["data"]["test"] and "exact_match" in run.metrics["test"]
+    assert tuned.metrics["test"]["f1"] > max(zero.metrics["test"]["f1"] + 20, 50), (zero.metrics["test"], tuned.metrics["test"])
+    capsys.readouterr()
+    assert cli.main(["predict", str(tuned.dir), "--question", "which fruit", "--context", "my red plum is old", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["answer_start"] == ("my red plum is old".find(row["answer"]) if row["answer"] else -1)
+
+
+def test_a_causal_lms_context_too_long_is_cut_around_the_answer_in_training_and_to_its_beginning_after(tiny_llama, tmp_path):
+    from helpers import llama_overrides, model_and_task
+
+    from transferkit.config import load_config
+
+    cfg = load_config(None, llama_overrides(tiny_llama, tmp_path / "x.json", tmp_path / "run", "full", task="qa", **{"model.max_length": 40}))
+    model, task = model_and_task(cfg)
+    words = ["the"] * 60 + ["plum"] + ["old"] * 20
+    context = " ".join(words)
+    answer = ("plum", context.index("plum"))
+    turn, cut = task._fitted(model, "which fruit", context, answer)
+    assert cut and "plum" in turn["content"] and "the" in turn["content"] and "old" in turn["content"]
+    assert turn["content"].split("\n\n")[0] in context  # a stretch of the context as written
+    item = model.encode_chat([turn, {"role": "assistant", "content": "plum"}])  # fits: no error
+    assert len(item["input_ids"]) <= 40
+    turn, cut = task._fitted(model, "which fruit", context, None)
+    assert cut and context.startswith(turn["content"].split("\n\n")[0]) and "plum" not in turn["content"]
+    turn, cut = task._fitted(model, "which fruit", "my red plum", None)
+    assert not cut and turn["content"].startswith("my red plum\n\n")  # a context that fits stays whole

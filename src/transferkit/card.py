@@ -141,7 +141,8 @@ def _summary(cfg, metrics: dict, kind: str) -> str:
     task = {"generate": "generate responses", "regress": f"predict {names} from {inputs} (regression)",
             "multilabel": f"label {inputs} with any of {len(metrics.get('labels') or [])} labels ({names})",
             "tokens": f"tag each word of {inputs} with one of {len(metrics.get('labels') or [])} tags ({names})",
-            "qa": "answer questions with a span of their context (extractive question answering)"}.get(
+            "qa": "answer questions on a context in its own words (scored against the gold spans)" if kind in ("causal", "causal-peft", "icl")
+            else "answer questions with a span of their context (extractive question answering)"}.get(
         metrics.get("task"), f"classify {inputs}")  # fmt: skip
     labels = f" into {len(metrics['labels'])} labels ({names})" if metrics.get("labels") and metrics.get("task", "classify") == "classify" else ""
     return (f"{model} adapted with transferkit to {task}{labels} "

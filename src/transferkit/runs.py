@@ -212,7 +212,7 @@ def prepare(config, overrides=None, progress: Progress | None = None, check_outp
     seed_everything(cfg.train.seed)
     splits = task.read(cfg.data, cfg.train.seed)
     model = load_model(cfg, task, progress.note)
-    _check_data_fits(cfg, model, splits)
+    _check_data_fits(cfg, model, task, splits)
     if regime.cached_features and not model.can_split:
         raise UserError(model.why_no_split())
     if regime.check_model:
@@ -263,14 +263,14 @@ SOLVERS = {"adam": fit, "lbfgs": fit_probe}  # a Stage's solver: the training lo
 EXAMPLE_MODELS = {"text": "minilm-l6", "image": "efficientnet-lite0"}  # a built-in model for each kind of input
 
 
-def _check_data_fits(cfg: RunConfig, model, splits: Splits) -> None:
+def _check_data_fits(cfg: RunConfig, model, task, splits: Splits) -> None:
     if model.modality != splits.modality:
         hint = EXAMPLE_MODELS[splits.modality]
         raise UserError(
             f"model '{cfg.model.name}' reads {model.modality}s but data '{cfg.data.name}' holds {splits.modality}s; "
             f"pick a {splits.modality} model, e.g. --model {hint}"
         )
-    if splits.train.pairs is not None and not model.reads_pairs:
+    if splits.train.pairs is not None and not model.reads_pairs and not getattr(task, "joins_pairs", False):
         raise UserError(f"text pairs (data.pair_column) go to a text encoder as (text, text_pair); '{cfg.model.name}' takes single "
                         "inputs: use an encoder such as minilm-l6, or join the two texts into one column")  # fmt: skip
     if cfg.forgetting.corpus and not can_measure(model):

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from .answer import GenerativeQA
 from .base import TASK_FILE, Context, Task, write_task_file
 from .classify import Classification
 from .generate import Generation, LanguageModeling
@@ -29,11 +30,12 @@ TASKS = {
     ("image", "classify"): lambda cfg: Classification(),
     ("causal", "classify"): VerbaliserClassification,
     ("causal", "generate"): Generation,
+    ("causal", "qa"): GenerativeQA,
 }
 
 KIND_WORDS = {"encoder": "a text encoder", "causal": "a causal language model", "image": "an image network"}
 
-__all__ = ["Classification", "Context", "Generation", "LanguageModeling", "MultiLabel", "QuestionAnswering", "Regression", "TASKS",
+__all__ = ["Classification", "Context", "GenerativeQA", "Generation", "LanguageModeling", "MultiLabel", "QuestionAnswering", "Regression", "TASKS",
            "Task", "TokenClassification", "VerbaliserClassification", "make", "saved", "write_task_file"]  # fmt: skip
 
 

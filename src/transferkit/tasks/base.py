@@ -49,6 +49,9 @@ class Task(Protocol):
     """(metric key, column title, format) of the test metrics a comparison shows."""
     label_names: list[str]
     """Names of the outputs: classes, regression targets, labels of a multi-label task."""
+    joins_pairs: bool = False
+    """True where the task writes both texts of a pair into one input itself (a causal LM's question
+    and context, in its prompt); otherwise a pair goes to the model as (text, text_pair)."""
 
     def read(self, data, seed: int):
         """The Splits (train / validation / test) of the data that `data` (a DataConfig) names; sets label_names."""
