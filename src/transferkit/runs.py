@@ -356,7 +356,7 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
             solve = SOLVERS[stage.solver]
             checkpoints.begin_stage(index, model, summary)
             checkpoints.stage_ready(worth_saving=index > 0 or computed)
-            result = solve(trainee, train_loader, eval_loader(data["validation"], model.pad_id), task, accelerator, stage, cfg.train, precision, hooks)
+            result = solve(trainee, train_loader, eval_loader(data["validation"], model), task, accelerator, stage, cfg.train, precision, hooks)
             summary["stages"].append(_stage_summary(stage, result, trainee, _ceiling(precision, accelerator)))
         if resumed and resumed.stage >= len(stages):  # every stage had finished: the test is what was left
             checkpoints.restore_weights(model)
@@ -526,7 +526,7 @@ def find_lr(config, overrides=None, progress: Progress | None = None, output: st
 def _cache_features(model, items: dict, ctx) -> tuple[dict, float]:
     """The frozen backbone's features of every split, computed once."""
     started = time.perf_counter()
-    loaders = {n: eval_loader(split, model.pad_id) for n, split in items.items()}
+    loaders = {n: eval_loader(split, model) for n, split in items.items()}
     ctx.progress.start("caching features", sum(len(loader) for loader in loaders.values()))
     features = {n: cache_features(model, loader, ctx.accelerator, ctx.precision, ctx.progress) for n, loader in loaders.items()}
     ctx.progress.close()

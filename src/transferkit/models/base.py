@@ -39,6 +39,9 @@ class ModelAdapter(Protocol):
     """peft's TaskType for adapters (None: a plain module)."""
     lora_targets: object
     head: Head
+    outputs_per_token: int
+    """Outputs the model returns for every input token (a causal LM's vocabulary); 0 where it returns
+    a few per input or per token (heads): what bounds an evaluation batch's memory."""
 
     def encode(self, examples, targets: list | None, train: bool = False, note=lambda message: None) -> Sequence[dict]:
         """Loader items: the model's inputs (token ids, pixels) and `targets` under "labels"."""

@@ -247,6 +247,10 @@ class CausalLM(nn.Module):
         return self.tokenizer.pad_token_id
 
     @property
+    def outputs_per_token(self) -> int:
+        return self.hf.get_output_embeddings().out_features  # logits over the vocabulary at every position
+
+    @property
     def label_names(self) -> list[str]:
         return self.prompt.labels if self.prompt else []
 

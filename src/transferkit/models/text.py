@@ -79,6 +79,7 @@ class TextClassifier(nn.Module):
     """
 
     kind = "encoder"
+    outputs_per_token = 0  # a head's few outputs: never what bounds an evaluation batch
     modality = "text"
     reads_pairs = True  # (text, text_pair) inputs, tokenized as a pair
     lora_targets = "all-linear"  # every linear layer of attention and MLP

@@ -100,6 +100,7 @@ class ImageClassifier(nn.Module):
     """A CNN with `forward_features` (backbone) and `forward_head` (task head); the same face as TextClassifier."""
 
     kind = "image"
+    outputs_per_token = 0
     peft_task_type = None  # peft wraps the network as a plain module
     modality = "image"
     reads_pairs = False  # (text, text_pair) inputs, tokenized as a pair

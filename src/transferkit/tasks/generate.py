@@ -21,10 +21,12 @@ class LanguageModeling:
     """
 
     def loss_sum(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        # (B, T, V): the logits at position t predict the token at t + 1.
-        return F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100, reduction="sum"
-        )
+        # (B, T, V): the logits at position t predict the token at t + 1. Only the learned positions
+        # are taken (and upcast): a long prompt before a short answer would otherwise cost a float
+        # copy of every position's logits.
+        targets = batch["labels"][:, 1:]
+        learned = targets != -100
+        return F.cross_entropy(logits[:, :-1][learned].float(), targets[learned], reduction="sum")
 
     def count(self, batch: dict) -> int:
         return int((batch["labels"][:, 1:] != -100).sum())

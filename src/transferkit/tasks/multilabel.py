@@ -123,7 +123,7 @@ class MultiLabel:
     def test(self, model, examples, items, ctx) -> tuple[dict, dict]:
         from ..training.loop import evaluate
 
-        return evaluate(model, eval_loader(items, model.pad_id), self, ctx.accelerator, "fp32"), {}
+        return evaluate(model, eval_loader(items, model), self, ctx.accelerator, "fp32"), {}
 
     def probabilities(self, model, examples, batch_size: int = 32) -> torch.Tensor:
         return outputs(model, model.encode(examples, None), batch_size).sigmoid()

@@ -216,7 +216,7 @@ class QuestionAnswering:
         model.eval()
         device = next(model.parameters()).device
         state = self.metric_state()
-        for batch in eval_loader(items, model.pad_id, batch_size):
+        for batch in eval_loader(items, model, batch_size):
             batch = {k: v.to(device) for k, v in batch.items()}
             self.update(state, model(**{k: v for k, v in batch.items() if k != "labels"}), batch)
         model.train(was_training)
@@ -225,7 +225,7 @@ class QuestionAnswering:
     def test(self, model, examples, items, ctx) -> tuple[dict, dict]:
         from ..training.loop import evaluate
 
-        metrics = evaluate(model, eval_loader(items, model.pad_id), self, ctx.accelerator, "fp32")
+        metrics = evaluate(model, eval_loader(items, model), self, ctx.accelerator, "fp32")
         return metrics, {"windows": dict(self.windows), "windowing": {"max_length": self.max_length, "stride": self.stride}}
 
     def predict(self, model, examples, ctx=None, detail: bool = False) -> dict[str, list]:

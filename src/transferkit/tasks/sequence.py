@@ -9,14 +9,26 @@ from ..data.batching import make_loader
 from ..training.loop import evaluate
 
 
-def eval_loader(items, pad_id: int, batch_size: int = 64):
-    # Larger than training batches: evaluation keeps no activations for a backward pass.
-    return make_loader(items, batch_size, shuffle=False, seed=0, pad_id=pad_id)
+EVAL_ROWS = 64  # larger than training batches: evaluation keeps no activations for a backward pass
+LOGITS_BYTES = 2**30  # what one evaluation batch's outputs may take (logits, their fp32 copy, log-softmax)
+
+
+def eval_loader(items, model, batch_size: int | None = None):
+    """Batches for evaluation: EVAL_ROWS inputs, fewer where the model's outputs per token (a causal
+    LM's vocabulary) would take more than LOGITS_BYTES at the longest input (64 x 1,024 tokens x 49k
+    logits would be 13 GB)."""
+    if batch_size is None:
+        batch_size = EVAL_ROWS
+        if model.outputs_per_token:
+            lengths = getattr(items, "lengths", None) or [len(item.get("input_ids", ())) for item in items]
+            row = max(lengths, default=1) * model.outputs_per_token * 12
+            batch_size = max(1, min(EVAL_ROWS, LOGITS_BYTES // max(row, 1)))
+    return make_loader(items, batch_size, shuffle=False, seed=0, pad_id=model.pad_id)
 
 
 def test_on_items(task, model, items, ctx) -> tuple[dict, dict]:
     """Loss and the task's metrics over `items`, in fp32 (as a plain load of the saved folder computes)."""
-    return evaluate(model, eval_loader(items, model.pad_id), task, ctx.accelerator, "fp32"), {}
+    return evaluate(model, eval_loader(items, model), task, ctx.accelerator, "fp32"), {}
 
 
 class _Indexed(torch.utils.data.Dataset):

@@ -125,7 +125,7 @@ class TokenClassification:
     def test(self, model, examples, items, ctx) -> tuple[dict, dict]:
         from ..training.loop import evaluate
 
-        metrics = evaluate(model, eval_loader(items, model.pad_id), self, ctx.accelerator, "fp32")
+        metrics = evaluate(model, eval_loader(items, model), self, ctx.accelerator, "fp32")
         words = [self.words(x)[0] for x in examples.inputs]
         entity = most_frequent_type(examples.labels)
         rule = entity_metrics(examples.labels, capitalised_rule(words, entity))
@@ -145,7 +145,7 @@ class TokenClassification:
         model.eval()
         device = next(model.parameters()).device
         with torch.no_grad():
-            for batch in eval_loader(items, model.pad_id, batch_size):
+            for batch in eval_loader(items, model, batch_size):
                 index = batch.pop("index").tolist()
                 batch.pop("labels")
                 predicted = model(**{k: v.to(device) for k, v in batch.items()}).argmax(-1).cpu()
