@@ -12,6 +12,7 @@ class HeadOnFeatures(nn.Module):
     """The model's own head, fed cached backbone features instead of raw inputs."""
 
     pad_id = 0  # cached features are fixed-size vectors: nothing is ever padded
+    outputs_per_token = 0  # a head's few outputs (models/base.py)
 
     def __init__(self, model: nn.Module):
         super().__init__()
