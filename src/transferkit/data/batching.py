@@ -78,13 +78,18 @@ def collate(pad_id: int):
     return collate_fn
 
 
+def lengths_of(items) -> list[int]:
+    """Tokens of each item (the items' own `lengths` where they carry them); 1 for items without token ids."""
+    return getattr(items, "lengths", None) or [len(item["input_ids"]) if "input_ids" in item else 1 for item in items]
+
+
 def make_loader(items, batch_size: int, shuffle: bool, seed: int, pad_id: int = 0) -> DataLoader:
     """A DataLoader over a sequence of dict items; length-grouped when the items carry token ids.
 
     `items` may compute its items on access (random image augmentation): then it has no
     `lengths` to group by, and every item counts as the same length.
     """
-    lengths = getattr(items, "lengths", None) or [len(item["input_ids"]) if "input_ids" in item else 1 for item in items]
+    lengths = lengths_of(items)
     sampler = LengthGroupedBatches(lengths, batch_size, shuffle, seed, on_epoch=getattr(items, "set_epoch", None))
     # A generator of its own: otherwise each epoch's start draws a worker seed from the global RNG,
     # which dropout also draws from, and a run resumed mid-epoch would see other dropout masks.

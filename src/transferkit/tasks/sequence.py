@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.batching import make_loader
+from ..data.batching import lengths_of, make_loader
 from ..training.loop import evaluate
 
 
@@ -20,8 +20,7 @@ def eval_loader(items, model, batch_size: int | None = None):
     if batch_size is None:
         batch_size = EVAL_ROWS
         if model.outputs_per_token:
-            lengths = getattr(items, "lengths", None) or [len(item.get("input_ids", ())) for item in items]
-            row = max(lengths, default=1) * model.outputs_per_token * 12
+            row = max(lengths_of(items), default=1) * model.outputs_per_token * 12
             batch_size = max(1, min(EVAL_ROWS, LOGITS_BYTES // max(row, 1)))
     return make_loader(items, batch_size, shuffle=False, seed=0, pad_id=model.pad_id)
 
