@@ -46,3 +46,34 @@ def test_subset_is_stratified_exact_and_seeded():
 def test_numeric_labels_sort_as_numbers():
     assert sort_labels({"10", "2", "1"}) == ["1", "2", "10"]
     assert sort_labels({"pos", "neg"}) == ["neg", "pos"]
+
+
+def test_a_held_out_split_shrinks_with_the_training_subset(tmp_path):
+    import csv
+    import warnings
+
+    from transferkit.config import load_config
+    from transferkit.data.splits import load_splits
+
+    path = tmp_path / "big.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows([f"text number {i}", "ab"[i % 2]] for i in range(10_000))
+
+    def splits(**data):
+        cfg = load_config(None, {"data.name": str(path), **{f"data.{k}": v for k, v in data.items()}})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            return load_splits(cfg.data, 0), [str(w.message) for w in caught]
+
+    whole, said = splits()
+    assert len(whole.validation) == 1_000 and not said  # 10% of the file, no subset asked
+    small, said = splits(train_size=100)
+    assert len(small.train) == 100 and len(small.validation) == 500  # the floor: 100 x 0.1 / 0.7 is 15
+    assert set(small.validation.inputs) <= set(whole.validation.inputs) and len(small.test) == 2_000
+    assert said and "500 of the 1,000 held-out" in said[0] and "data.validation_size" in said[0]
+    large, _ = splits(train_size=5_600)
+    assert len(large.validation) == 800  # what a file with 5,600 training examples holds out
+    assert len(splits(train_size=100, validation_size=40)[0].validation) == 40  # the user's number wins
+    assert len(splits(train_size=6_000)[0].validation) == 857  # 6,000 x 0.1 / 0.7, rounded

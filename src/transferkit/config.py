@@ -81,7 +81,8 @@ class DataConfig:
     """Train on a stratified, seeded subset of this many examples (to see quality against data size)."""
     validation_size: int | None = None
     """Validate on a stratified subset of this many examples, the same whatever train.seed (validation is a
-    forward pass over it every epoch)."""
+    forward pass over it every epoch). Unset with train_size: a split held out of the data file shrinks in
+    proportion to train_size, to no fewer than 500."""
     test_size: int | None = None
     """Test on a stratified subset of this many examples, the same whatever train.seed."""
 
