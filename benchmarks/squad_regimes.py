@@ -11,7 +11,8 @@ held out of the training file) and tests on the same 1,000 questions of the offi
 2 cores full's default 3 epochs take over half an hour at 4,000 questions (the first row measures
 that), scratch's default 10 about two hours; with the same budget for all, the gap to scratch is what
 pre-training gives. freeze fits its head at its own defaults. A run folder under --runs that already
-holds metrics.json is read, not run again, so an interrupted benchmark goes on where it stopped.
+holds metrics.json is read, not run again, so an interrupted benchmark goes on where it stopped; a run
+whose folder is gone but whose row is in the --json file keeps that row.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def cpu_flags() -> str:
     return " ".join(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2",)) or "none"
 
 
-def run(name: str, regime: str, size: int, overrides: list[str], runs: Path) -> dict:
-    """One run's results, from its folder when it has finished before."""
+def run(name: str, regime: str, size: int, overrides: list[str], runs: Path, earlier: dict[str, dict]) -> dict:
+    """One run's results, from its folder when it has finished before, else from an earlier results file."""
     out, wall = runs / name, runs / f"{name}.seconds"
+    if not (out / "metrics.json").is_file() and name in earlier:
+        return earlier[name]
     if not (out / "metrics.json").is_file():
         started = time.perf_counter()
         command = [sys.executable, "-m", "transferkit", "train", *COMMON, "--regime", regime, f"data.train_size={size}", *overrides,
@@ -90,9 +93,12 @@ def main() -> None:
     print(f"CPU flags: {cpu_flags()}; {os.cpu_count()} cores", flush=True)
     args.runs.mkdir(parents=True, exist_ok=True)
     chosen = [entry for entry in PLAN if args.only is None or entry[0] in args.only.split(",")]
+    earlier = {}
+    if args.json and args.json.is_file():
+        earlier = {row["name"]: row for row in json.loads(args.json.read_text())["rows"]}
     rows = []
     for name, regime, size, overrides in chosen:
-        row = run(name, regime, size, overrides, args.runs)
+        row = run(name, regime, size, overrides, args.runs, earlier)
         rows.append(row)
         print(f"{name:20} F1 {row['f1']:.2f}  EM {row['exact_match']:.2f}  train {row['train_seconds']:.0f} s"
               f"  wall {row['wall_seconds'] or float('nan'):.0f} s  trainable {row['trainable']:,}", flush=True)  # fmt: skip
