@@ -17,6 +17,7 @@ import random
 import torch
 
 from ..errors import UserError
+from .base import split_being_encoded
 from .generate import Generation
 
 ANSWER_TOKENS = 32  # the longest answer generated, in tokens (SQuAD answers are a few words)
@@ -72,7 +73,7 @@ class GenerativeQA(Generation):
         return items
 
     def _note_cut(self, train: bool, cut: int, total: int, model, note) -> None:
-        split = "train" if train else "validation" if "validation" not in self.cut else "test"  # runs encode them in this order
+        split = split_being_encoded(train, self.cut)
         self.cut[split] = cut
         if cut:
             answered = "" if train else ", and to their beginning to answer from"

@@ -105,6 +105,12 @@ def write_task_file(task: Task, folder: Path) -> None:
     (folder / TASK_FILE).write_text(json.dumps({"task": task.name, **task.state()}, indent=2))
 
 
+def split_being_encoded(train: bool, seen) -> str:
+    """Which split an `encode` call is reading, for a task that reports per split: runs encode train,
+    then validation, then test; `seen` holds the names already reported."""
+    return "train" if train else "validation" if "validation" not in seen else "test"
+
+
 def merge_states(states: list):
     """One metric state from those several processes accumulated over their shares of a split: counts
     (a tensor: the confusion matrix, token sums) add up; lists of per-batch parts join, component by

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..data.tokens import RowItems
 from ..errors import UserError
 from ..eval.spans import best_over_golds, window_candidates
+from .base import split_being_encoded
 from .sequence import eval_loader
 
 LABELS = ["start", "end"]  # the span head's two outputs per token
@@ -91,7 +92,7 @@ class QuestionAnswering:
                            WINDOW_SCHEMA(), note, f"windows of {len(questions):,} questions")  # fmt: skip
         stats = window_stats(rows, answers)
         if golds is not None:
-            split = "train" if train else "validation" if "validation" not in self.windows else "test"  # runs encode them in this order
+            split = split_being_encoded(train, self.windows)
             self.windows[split] = stats
             outside = f"; {stats['answers_outside']:,} answers ({stats['outside_share']:.1%}) lie outside every window" if stats["answers_outside"] else ""
             note(f"{split}: {stats['questions']:,} questions made {stats['windows']:,} windows (qa.max_length {self.max_length}, "
