@@ -63,6 +63,7 @@ def run(name: str, regime: str, size: int, overrides: list[str], runs: Path, ear
 
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -74,9 +75,12 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.plot(*zip(*points), marker="o", label=f"{regime} (2 epochs)")
     for r in rows:
         if r["regime"] not in CURVE or r["overrides"] != TWO:
-            ax.scatter([r["train_questions"]], [r["f1"]], marker="s", label=r["name"], zorder=3)
+            ax.scatter([r["train_questions"]], [r["f1"]], marker="s" if r["regime"] != "full" else "^", label=r["name"], zorder=3)
+    sizes = sorted({r["train_questions"] for r in rows})
     ax.set(xscale="log", xlabel="training questions", ylabel="test F1 (1,000 dev questions)",
            title="MiniLM-L6 on SQuAD v1.1")  # fmt: skip
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
