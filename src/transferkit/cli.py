@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="run folder (default: runs/<data>-<regime>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run folder that already holds a finished run")
     p.add_argument("--processes", type=int, help="train as this many processes, data-parallel (DDP through accelerate: gloo "
-                   "on CPUs, NCCL on GPUs), with the same global batch and data order as one; or start the command "
+                   "on CPUs, NCCL on GPUs; fully sharded with train.distributed=fsdp), with the same global batch and data order as one; or start the command "
                    "with accelerate launch -m transferkit train ... yourself")
     resume = p.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_const", const="always", help="go on from the checkpoint an interrupted run "

@@ -152,6 +152,11 @@ class TrainConfig:
     """Experiment trackers that follow the run, through accelerate's: tensorboard (event files in the run
     folder's tensorboard/), trackio, mlflow, wandb; several comma-separated. Empty or none: no tracker.
     They get what metrics.jsonl gets, the resolved configuration and the final metrics."""
+    distributed: str = "ddp"
+    """With several processes (--processes, accelerate launch): ddp (each process holds the whole model
+    and trains on its share of every batch) or fsdp (fully sharded: each holds 1/N of the weights,
+    gradients and optimizer state, for a model whose training does not fit one device; regimes that
+    train on cached features have nothing to shard). One process: ignored."""
 
     def __post_init__(self):
         check_trackers(self.report_to or [])
@@ -163,6 +168,8 @@ class TrainConfig:
             raise UserError(f"train.lr must be positive (got {self.lr}); try 1e-4")
         if self.resume not in ("auto", "always", "never"):
             raise UserError(f"train.resume must be auto, always or never (got '{self.resume}')")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise UserError(f"train.distributed must be ddp or fsdp (got '{self.distributed}')")
         if self.checkpoint_minutes is not None and not self.checkpoint_minutes >= 0:
             raise UserError(f"train.checkpoint_minutes must be 0 or more (got {self.checkpoint_minutes}); 0 saves only between stages")
         for key in ("epochs", "max_steps", "batch_size", "micro_batch_size", "eval_every_steps", "checkpoint_every_steps"):

@@ -42,7 +42,7 @@ from .methods import REGIMES, check_fit, resolve_defaults
 from .models import kind_of, load_model
 from .report.html import read_log, run_report
 from .tasks.sequence import eval_loader
-from .training import checkpoint
+from .training import checkpoint, sharding
 from .training.features import HeadOnFeatures, cache_features
 from .training.loop import Diverged, Hooks, Progress, fit
 from .training.probe import fit_probe
@@ -141,7 +141,7 @@ def train(
         metrics, cfg = _train_into(staging, setup, progress, on_log, trial)
     except Diverged as e:
         checkpoint.remove(staging)
-        folders.save_model(model, staging / "model")
+        folders.save_model(setup.model, staging / "model")  # the run's own or, sharded, its gathered copy
         folders.write_text(staging / "failure.json", json.dumps({"error": str(e), "stage": e.stage, "step": e.step, "lr": e.lr}))
         kept = folders.publish_failed(staging, cfg.run_dir, lock)
         raise UserError(
@@ -215,6 +215,9 @@ def prepare(config, overrides=None, progress: Progress | None = None, check_outp
     _check_data_fits(cfg, model, task, splits)
     if regime.cached_features and not model.can_split:
         raise UserError(model.why_no_split())
+    if regime.cached_features and cfg.train.distributed == "fsdp" and _processes().num_processes > 1:
+        raise UserError(f"train.distributed=fsdp shards a model that trains through its backbone, and {cfg.regime} trains a head on "
+                        "features the backbone computed once; use train.distributed=ddp, or a regime such as full or lora")  # fmt: skip
     if regime.check_model:
         regime.check_model(cfg, model)
     cfg = resolve_defaults(replace(cfg, model=replace(cfg.model, max_length=getattr(model, "max_length", None))), len(splits.train))
@@ -314,6 +317,9 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
     if (cfg.train.metric or task.metric) == "loss+general":
         hooks.extra_validation = general_validation(cfg, model, accelerator, precision)
     features, summary = None, {"stages": []}
+    # Sharded (fsdp) for training only: the test and the saved folder use the weights gathered back.
+    shard = cfg.train.distributed == "fsdp" and accelerator.num_processes > 1
+    held = 1.0  # the share of the weights this process holds while training
     resumed, t = setup.resumed, cfg.train
     checkpoints = (checkpoint.RunCheckpoints(staging, setup.record["config"], setup.record["data"], len(stages), t.checkpoint_every_steps,
                                              t.checkpoint_minutes, resumed) if setup.record else checkpoint.NoCheckpoints(staging))  # fmt: skip
@@ -341,23 +347,30 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
         hooks.log, hooks.checkpoints, checkpoints.log_file = (log_and_watch if on_log else fed), checkpoints, log_file
         if resumed:
             summary = resumed.state["summary"]
-        for index, stage in enumerate(stages):
-            stage.apply(model)  # every stage's, in order, finished or not: the model's structure as it was
-            if resumed and index < resumed.stage:
-                continue  # finished before the interruption: its weights are in the checkpoint
-            if resumed and index == resumed.stage:
-                checkpoints.restore_weights(model)
-            computed = stage.cached and features is None
-            if computed:
-                features, summary["cache_seconds"] = cached_features()
-            trainee, data = (HeadOnFeatures(model), features) if stage.cached else (model, items)
-            micro = cfg.train.micro_batch_size or stage.batch_size
-            train_loader = make_loader(data["train"], micro, True, cfg.train.seed, model.pad_id)
-            solve = SOLVERS[stage.solver]
-            checkpoints.begin_stage(index, model, summary)
-            checkpoints.stage_ready(worth_saving=index > 0 or computed)
-            result = solve(trainee, train_loader, eval_loader(data["validation"], model), task, accelerator, stage, cfg.train, precision, hooks)
-            summary["stages"].append(_stage_summary(stage, result, trainee, _ceiling(precision, accelerator)))
+        try:
+            for index, stage in enumerate(stages):
+                stage.apply(model)  # every stage's, in order, finished or not: the model's structure as it was
+                if shard and not sharding.is_sharded(model):
+                    held = sharding.shard(model)  # after apply: the adapters a stage adds are sharded with the rest
+                if resumed and index < resumed.stage:
+                    continue  # finished before the interruption: its weights are in the checkpoint
+                if resumed and index == resumed.stage:
+                    checkpoints.restore_weights(model)
+                computed = stage.cached and features is None
+                if computed:
+                    features, summary["cache_seconds"] = cached_features()
+                trainee, data = (HeadOnFeatures(model), features) if stage.cached else (model, items)
+                micro = cfg.train.micro_batch_size or stage.batch_size
+                train_loader = make_loader(data["train"], micro, True, cfg.train.seed, model.pad_id)
+                solve = SOLVERS[stage.solver]
+                checkpoints.begin_stage(index, model, summary)
+                checkpoints.stage_ready(worth_saving=index > 0 or computed)
+                result = solve(trainee, train_loader, eval_loader(data["validation"], model), task, accelerator, stage, cfg.train, precision, hooks)
+                summary["stages"].append(_stage_summary(stage, result, trainee, _ceiling(precision, accelerator)))
+        except Diverged:  # every process sees the same loss, so all of them gather together
+            _gathered(setup, model, accelerator.device)
+            raise
+        model = _gathered(setup, model, accelerator.device)
         if resumed and resumed.stage >= len(stages):  # every stage had finished: the test is what was left
             checkpoints.restore_weights(model)
         elif stages:
@@ -406,6 +419,8 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if accelerator.device.type == "cuda" else None,
         "precision": precision,
+        "processes": {"count": accelerator.num_processes, "distributed": cfg.train.distributed if accelerator.num_processes > 1 else None,
+                      "weights_held": held},
         "model_size_mb": folders.folder_size(staging / "model") / 2**20,
         # What checkpointing cost this process (a resumed run: since it resumed).
         "checkpoints": {"written": checkpoints.written, "seconds": checkpoints.seconds, "resumed_from": resumed.describe if resumed else None}
@@ -419,6 +434,20 @@ def _train_into(staging: Path, setup: Setup, progress, on_log=None, trial: bool 
     card.write_model_card(staging, cfg, metrics)
     trackers.finish(metrics)
     return metrics, cfg
+
+
+def _gathered(setup: Setup, model, device):
+    """A sharded model's weights (trained, or its best before a divergence) gathered back whole into a
+    plain copy, built as the run built its own (the stages' adapters added), which becomes the run's
+    model; an unsharded model as it is."""
+    if not sharding.is_sharded(model):
+        return model
+    fresh = load_model(setup.cfg, setup.task, lambda message: None)
+    fresh.to(device)
+    for stage in setup.stages:
+        stage.apply(fresh)
+    setup.model = sharding.unsharded(model, fresh)
+    return setup.model
 
 
 def _same_finished_run(setup: Setup) -> Run | None:

@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from .optim import param_groups, schedule
+from .sharding import is_sharded
 
 
 class Diverged(Exception):
@@ -123,7 +124,8 @@ def fit(model: nn.Module, train_loader: Iterable[dict], val_loader: Iterable[dic
     raw_model, sampler = model, train_loader.batch_sampler
     # The loader is not handed to accelerate: every process reads the same global batches (the
     # same order whatever the number of processes) and trains on its share of each (_share).
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not is_sharded(model):  # a sharded model exchanges its own gradients: no DDP wrapper around it
+        model, optimizer = accelerator.prepare(model, optimizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
     # L2-SP: the weights as this stage found them (pre-trained, for a one-stage regime) anchor the penalty.
     anchors = [p.detach().clone() for p in trainable] if cfg.l2sp else []
@@ -305,10 +307,12 @@ def evaluate(model: nn.Module, loader: Iterable[dict], task, accelerator: Accele
     was_training = model.training
     model.eval()
     state, loss_sum, count = task.metric_state(), 0.0, 0
-    for batch in _batches_of_this_process(loader, accelerator):
+    for batch, counted in _batches_of_this_process(loader, accelerator, is_sharded(model)):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with autocast(accelerator, precision):
             logits = model(**_inputs(batch))
+        if not counted:
+            continue
         loss_sum += task.loss_sum(logits, batch).item()
         count += task.count(batch)
         task.update(state, logits.float(), batch)
@@ -323,16 +327,22 @@ def evaluate(model: nn.Module, loader: Iterable[dict], task, accelerator: Accele
     return {"loss": loss_sum / max(count, 1), **task.metrics(state)}
 
 
-def _batches_of_this_process(loader, accelerator: Accelerator) -> Iterable[dict]:
-    """Evaluation batches, whole, dealt out in turn: batch i to process i mod N. Nothing is padded or
-    repeated to even them out, and a process collates only its own batches."""
+def _batches_of_this_process(loader, accelerator: Accelerator, even: bool = False) -> Iterable[tuple[dict, bool]]:
+    """(batch, counted): evaluation batches, whole, dealt out in turn: batch i to process i mod N, and a
+    process collates only its own. Nothing is padded or repeated to even them out, except with `even`
+    (a sharded model, whose every forward is a collective): a process with none left in the last round
+    runs a batch again, not counted."""
     processes, rank = accelerator.num_processes, accelerator.process_index
     if processes == 1:
-        yield from loader
+        yield from ((batch, True) for batch in loader)
         return
-    for i, indices in enumerate(loader.batch_sampler):
-        if i % processes == rank:
-            yield loader.collate_fn([loader.dataset[j] for j in indices])
+    batches = list(loader.batch_sampler)
+    end = math.ceil(len(batches) / processes) * processes if even else len(batches)
+    for i in range(rank, end, processes):
+        if i < len(batches):
+            yield loader.collate_fn([loader.dataset[j] for j in batches[i]]), True
+        else:
+            yield loader.collate_fn([loader.dataset[j] for j in batches[0]]), False
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
