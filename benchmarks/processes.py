@@ -8,6 +8,7 @@ the same ones. On a machine with several GPUs it measures the speed-up.
 
     .venv/bin/python benchmarks/processes.py                               # MiniLM on BBC News, full and lora, N = 1, 2
     .venv/bin/python benchmarks/processes.py --regimes full --repeats 3 --json benchmarks/results-processes-cpu.json
+    .venv/bin/python benchmarks/processes.py --no-dropout --repeats 1 data.train_size=500 train.epochs=1 train.distributed=fsdp
 
 Needs bash scripts/install.sh.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,6 +30,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from task_heads import cpu_flags  # noqa: E402  (the vector instructions, as every benchmark prints)
 
 
+def without_dropout(model: str, folder: Path) -> Path:
+    """A copy of the model folder (a built-in name or a path) with every dropout probability at 0."""
+    from transferkit import assets
+
+    source = assets.MODELS[model].path() if model in assets.MODELS else Path(model)
+    shutil.copytree(source, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update({key: 0.0 for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "dropout") if key in config})
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm-l6")
@@ -35,6 +49,8 @@ def main() -> int:
     parser.add_argument("--regimes", default="full,lora")
     parser.add_argument("--processes", default="1,2")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-dropout", action="store_true", help="train a copy of the model with every dropout at 0: "
+                        "processes draw their own dropout masks, so only without dropout can N processes match one to rounding")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("overrides", nargs="*", help="section.key=value for every run (default: data.train_size=500 train.epochs=1)")
     args = parser.parse_args()
@@ -44,6 +60,9 @@ def main() -> int:
     results = {"cpu": cpu_flags(), "cores": os.cpu_count(), "overrides": overrides, "regimes": {}}
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryDirectory(prefix="tk-processes-") as tmp:
+        if args.no_dropout:
+            args.model = str(without_dropout(args.model, Path(tmp) / "model"))
+            results["dropout"] = 0.0
         for regime in args.regimes.split(","):
             runs = {n: [] for n in counts}
             for repeat in range(args.repeats):
