@@ -259,3 +259,18 @@ def test_a_causal_lms_context_too_long_is_cut_around_the_answer_in_training_and_
     assert cut and context.startswith(turn["content"].split("\n\n")[0]) and "plum" not in turn["content"]
     turn, cut = task._fitted(model, "which fruit", "my red plum", None)
     assert not cut and turn["content"].startswith("my red plum\n\n")  # a context that fits stays whole
+
+
+def test_compare_puts_qa_regimes_side_by_side_in_f1_and_exact_match(tiny_bert, squad, tmp_path):
+    from transferkit import load_config
+    from transferkit.compare import compare
+
+    base = load_config(None, quick(tiny_bert, squad, tmp_path / "unused", "full", **{"train.epochs": 2}))
+    comparison = compare(base, ["full", "freeze"], [None], [0], tmp_path / "cmp")
+    assert [r["regime"] for r in comparison.rows] == ["full", "freeze"]
+    for row in comparison.rows:
+        metrics = json.loads((Path(row["run"]) / "metrics.json").read_text())
+        assert row["f1"] == pytest.approx(metrics["test"]["f1"]) and row["exact_match"] == pytest.approx(metrics["test"]["exact_match"])
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "F1" in table or "f1" in table
+    assert (tmp_path / "cmp" / "report.html").is_file()

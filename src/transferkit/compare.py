@@ -167,8 +167,15 @@ def _run_config(base: RunConfig, out: Path, regime: str, size: int | None, seed:
 
 
 def _measure(cfg: RunConfig, bar_prefix: str | None = None, reuse: bool = False) -> dict:
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
+    pool = multiprocessing.get_context("spawn").Pool(1)
+    try:
         metrics = pool.apply(_train_in_child, (cfg, bar_prefix, reuse))
+    except BaseException:  # interrupted, or the run failed: stop the child now
+        pool.terminate()
+        raise
+    # Done: the child ends by itself (a terminated one leaves a semaphore behind, and a warning at exit).
+    pool.close()
+    pool.join()
     examples = sum(s["examples"] for s in metrics["stages"])  # as trained (early stopping included); icl: 0
     row = {key: metrics["test"][key] for key, _, _ in metrics["columns"] if key in metrics["test"]}
     row |= _forgetting(metrics.get("forgetting"))
