@@ -53,7 +53,7 @@ def is_sharded(model: nn.Module) -> bool:
 
 
 def gathered_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every weight and buffer whole, on every process, on the CPU (a collective: every process calls it)."""
+    """Every weight and buffer whole, on every process, where the shards were (a collective: every process calls it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
